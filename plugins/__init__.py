@@ -1,0 +1,1 @@
+"""Floodgate built-in plugins. Each imports only the public ``proxy`` API."""

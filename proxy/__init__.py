@@ -1,0 +1,37 @@
+"""Floodgate: an OpenAI-compatible LLM gateway driven by pluggy hooks.
+
+This module is the public API, the one the built-in plugins use and the only one
+a third-party plugin needs.
+"""
+
+from .app import CONFIG, HOOKS, REGISTRY, UPSTREAMS, create_app
+from .config import Config, Price, Settings, load_config, parse_config
+from .errors import ConfigError, ConfigErrors, Rejection
+from .hookspecs import hookimpl
+from .metrics import LabelCache
+from .tokens import estimate_prompt_tokens, estimate_text_tokens
+from .types import (
+    ANONYMOUS,
+    STOP,
+    Attempt,
+    AttemptRecord,
+    Principal,
+    Reply,
+    RequestContext,
+    Route,
+    Stop,
+    StreamChunk,
+    Target,
+    Timings,
+    UpstreamResponse,
+    Usage,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ANONYMOUS", "STOP", "Attempt", "AttemptRecord", "CONFIG", "Config", "ConfigError", "ConfigErrors",
+    "HOOKS", "LabelCache", "Price", "Principal", "REGISTRY", "Rejection", "Reply", "RequestContext", "Route",
+    "Settings", "Stop", "StreamChunk", "Target", "Timings", "UPSTREAMS", "UpstreamResponse", "Usage",
+    "create_app", "estimate_prompt_tokens", "estimate_text_tokens", "hookimpl", "load_config", "parse_config",
+]

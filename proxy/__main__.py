@@ -1,0 +1,5 @@
+"""``python -m proxy`` is the ``floodgate`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

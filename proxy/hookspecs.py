@@ -1,0 +1,190 @@
+"""The hook contract: every hook a Floodgate plugin can implement.
+
+Hooks are grouped by the stage of a request they belong to, in the order they
+run. Implement them with :data:`proxy.hookimpl`; any per-request hook may be a
+plain function or ``async def`` (the core awaits what is awaitable). Keep
+CPU-only work (lookups, matching, in-memory counters) synchronous: it is cheaper.
+
+Ordering follows pluggy: ``tryfirst`` implementations run before plain ones, and
+``trylast`` after; the core's own defaults are ``trylast``. Do not use pluggy's
+``firstresult``/``wrapper`` machinery: the core's dispatcher implements "first
+non-None result" itself so that async implementations work.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    import argparse
+
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry
+
+    from .config import Config
+    from .types import Attempt, Principal, Reply, RequestContext, Route, Stop, StreamChunk, UpstreamResponse
+
+PROJECT = "floodgate"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- lifecycle -------------------------------------------------------------
+
+@hookspec
+def proxy_configure(config: Config, registry: CollectorRegistry) -> None:
+    """Read and validate this plugin's settings; create its metrics.
+
+    Called once per application, synchronously, before it starts serving.
+    Validate your block with ``config.plugin_settings(name, Model)``, which
+    raises :class:`proxy.ConfigError` naming the key path (``plugins.<name>.x``)
+    and line; raise ``ConfigError`` yourself for other problems. A raised error
+    stops start-up: a bad config never starts a half-working server.
+
+    :param config: the validated core configuration.
+    :param registry: the application's Prometheus registry; register the
+        plugin's metrics here (never in the global default registry).
+    """
+
+
+@hookspec
+def proxy_add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add subcommands to the ``floodgate`` command line (e.g. ``floodgate usage``).
+
+    Called once when the CLI starts, before any config is read, on every
+    plugin found (built-ins and the ``floodgate`` entry-point group). Use
+    ``subparsers.add_parser(name, help=...)`` and ``parser.set_defaults(func=f)``
+    where ``f(args) -> int`` returns the exit status. ``args.config`` holds the
+    config path when the command declares ``--config``.
+    """
+
+
+@hookspec
+def proxy_route_names(config: Config) -> list[str]:
+    """Names of routes this plugin can serve (e.g. the router's tiers).
+
+    Called once at start-up after ``proxy_configure``; all results are collected.
+    ``aliases`` in the config may point at these names as well as at catalogue
+    models, and any other alias target is a configuration error.
+    """
+
+
+@hookspec
+def proxy_add_routes(app: web.Application) -> None:
+    """Add HTTP endpoints to the application (e.g. ``/-/usage``).
+
+    Called once while the application is built, after ``proxy_configure``.
+    Plugin endpoints should live under ``/-/``.
+    """
+
+
+@hookspec
+def proxy_startup(app: web.Application) -> None:
+    """The application is starting (may be async): open files, start tasks.
+
+    All implementations run, in order; an exception aborts start-up.
+    """
+
+
+@hookspec
+def proxy_shutdown(app: web.Application) -> None:
+    """The application is stopping (may be async), after in-flight requests ended.
+
+    All implementations run; flush buffers and close resources here. Exceptions
+    are logged and do not stop the other implementations.
+    """
+
+
+# --- per request, in order -------------------------------------------------
+
+@hookspec
+def proxy_authenticate(ctx: RequestContext) -> Principal | None:
+    """Identify the caller. Stops at the first non-``None`` result.
+
+    Runs for every request, including admin endpoints (``ctx.endpoint`` starts
+    with ``"-/"``). Return a :class:`proxy.Principal`, ``None`` to let the next
+    implementation decide, or raise :class:`proxy.Rejection` (401/403) to refuse.
+    The core's ``trylast`` default returns the anonymous principal. May be async.
+    """
+
+
+@hookspec
+def proxy_short_circuit(ctx: RequestContext) -> Reply | None:
+    """Answer without any upstream call. Stops at the first non-``None`` result.
+
+    Runs for chat and completion requests after authentication. Return a
+    :class:`proxy.Reply`; the core renders it as JSON or as an SSE stream
+    (whatever the client asked for) and skips routing, admission and attempts.
+    May be async.
+    """
+
+
+@hookspec
+def proxy_route(ctx: RequestContext) -> Route | None:
+    """Choose the ordered targets for the request. Stops at the first non-``None``.
+
+    Return a :class:`proxy.Route`, or ``None`` to let the next implementation
+    decide; raise :class:`proxy.Rejection` to refuse. The core's ``trylast``
+    default resolves ``ctx.model`` through ``aliases`` to a catalogue model and
+    its catalogue fallbacks, and rejects unknown models with 404
+    ``model_not_found``. May be async.
+    """
+
+
+@hookspec
+def proxy_admit(ctx: RequestContext) -> None:
+    """Decide whether the routed request may go ahead now. All implementations run.
+
+    Raise :class:`proxy.Rejection` (usually 429 with ``retry-after``) to refuse;
+    an async implementation may wait a bounded time (a queue). Runs once per
+    request, after routing, before the first attempt. Every admitted request
+    reaches ``proxy_finished``, where reservations are settled.
+    """
+
+
+@hookspec
+def proxy_next_attempt(ctx: RequestContext) -> Attempt | Stop | None:
+    """What to try next. Stops at the first non-``None`` result.
+
+    Called before each upstream try; ``ctx.attempts`` holds the outcomes so far
+    (empty on the first call). Return :class:`proxy.Attempt` (a target and a
+    delay in seconds), :data:`proxy.STOP` to end with the last outcome, or
+    ``None`` to defer. The core's ``trylast`` default tries the route's first
+    target once. For streams it is only asked before the first byte has been
+    sent to the client. May be async.
+    """
+
+
+@hookspec
+def proxy_response(ctx: RequestContext, response: UpstreamResponse) -> None:
+    """A non-streaming upstream success, before it is sent. All implementations run.
+
+    Set headers in ``ctx.response_headers``; change the body with
+    ``response.replace(data)`` (the bytes are passed through untouched otherwise).
+    ``ctx.usage`` is already filled from the body. May be async.
+    """
+
+
+@hookspec
+def proxy_stream_chunk(ctx: RequestContext, chunk: StreamChunk) -> None:
+    """One SSE event of a relayed stream, before it is sent. All implementations run.
+
+    Only dispatched if some plugin implements it (otherwise events are relayed
+    without being parsed). Set ``chunk.drop = True`` to withhold it. Keep it
+    cheap and synchronous: it runs for every token.
+    """
+
+
+@hookspec
+def proxy_finished(ctx: RequestContext) -> None:
+    """The request is over and its response sent. All implementations run.
+
+    Runs exactly once per request whatever happened: success, short-circuit,
+    rejection, upstream failure or client disconnect (``ctx.client_disconnected``).
+    ``ctx.status``, ``ctx.usage`` (``ctx.usage_estimated`` when it had to be
+    estimated), ``ctx.attempts`` and ``ctx.timings`` are final. Observers live
+    here (cost, metrics, logs). An exception is logged and changes nothing.
+    May be async.
+    """

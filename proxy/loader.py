@@ -1,0 +1,141 @@
+"""Building the plugin manager: discovery, blocking, validation.
+
+Plugins are registered in a fixed order — the core's defaults, the built-ins,
+the ``floodgate`` entry-point group, then the dotted paths listed under
+``plugins.modules`` — all through the same :func:`load_object` call, so a
+built-in plugin is registered exactly like a third-party one.
+
+A reference is ``"package.module"`` or ``"package.module:attribute"``. A module
+that defines ``floodgate_plugin`` (a class) is registered as an instance of it; a referenced class is instantiated with no arguments;
+anything else (a module, an instance) is registered as it is. Plugin objects
+are created per application, so their state is never shared between apps.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import inspect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import ConfigError, ConfigErrors
+
+#: The built-in plugins, in registration order.
+BUILTIN_PLUGINS: tuple[str, ...] = ()
+ENTRY_POINT_GROUP = "floodgate"
+#: Plugins that cannot be disabled: without them the core has no defaults.
+REQUIRED = frozenset({"core"})
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    source: str  # "core", "builtin", "entrypoint" or "config"
+    module: str
+    version: str | None
+    hooks: tuple[str, ...]
+
+
+def load_object(ref: str) -> Any:
+    """Import ``"pkg.mod"`` or ``"pkg.mod:attr"`` and return the plugin object."""
+    module_name, _, attr = ref.partition(":")
+    module = importlib.import_module(module_name)
+    obj = getattr(module, attr) if attr else getattr(module, "floodgate_plugin", module)
+    return obj() if inspect.isclass(obj) else obj
+
+
+def plugin_name(obj: Any, ref: str) -> str:
+    name = getattr(obj, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    module_name = ref.partition(":")[0]
+    return module_name.rsplit(".", 1)[-1]
+
+
+def _version(obj: Any) -> str | None:
+    version = getattr(obj, "__version__", None) or getattr(inspect.getmodule(obj), "__version__", None)
+    if version:
+        return str(version)
+    module = inspect.getmodule(obj) or obj
+    top = getattr(module, "__name__", "").split(".")[0]
+    for dist in importlib.metadata.packages_distributions().get(top, []):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _entry_point_refs() -> list[tuple[str, str]]:
+    return [(ep.name, ep.value) for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
+
+
+def build_plugin_manager(
+    *,
+    core: Sequence[Any],
+    builtins: Iterable[str] = BUILTIN_PLUGINS,
+    entry_points: bool = True,
+    modules: Iterable[str] = (),
+    extra: Sequence[Any] = (),
+    disabled: Iterable[str] = (),
+) -> tuple[pluggy.PluginManager, list[PluginInfo]]:
+    """Register every plugin; raise :class:`ConfigErrors` on a bad reference or hook.
+
+    :param core: the core's own plugin objects (defaults, metrics, access log).
+    :param extra: plugin objects passed in directly (tests, embedding).
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    disabled = list(disabled)
+    errors: list[ConfigError] = []
+    for i, name in enumerate(disabled):
+        if name in REQUIRED:
+            errors.append(ConfigError(f"plugins.disabled.{i}", f"the {name!r} plugin cannot be disabled"))
+        else:
+            pm.set_blocked(name)
+    infos: list[PluginInfo] = []
+
+    blocked_seen: set[str] = set()
+
+    def register(obj: Any, name: str, source: str) -> None:
+        if pm.is_blocked(name):
+            blocked_seen.add(name)
+            return
+        if pm.has_plugin(name):
+            errors.append(ConfigError("plugins", f"two plugins are named {name!r} ({source})"))
+            return
+        pm.register(obj, name=name)
+        module = getattr(inspect.getmodule(obj) or obj, "__name__", "?")
+        hooks = tuple(sorted(h.name for h in pm.get_hookcallers(obj) or ()))
+        infos.append(PluginInfo(name, source, module, _version(obj), hooks))
+
+    for obj in core:
+        register(obj, plugin_name(obj, type(obj).__module__), "core")
+    refs = [(ref, "builtin", "plugins") for ref in builtins]
+    if entry_points:
+        refs += [(value, "entrypoint", f"entry point {name!r}") for name, value in _entry_point_refs()]
+    refs += [(ref, "config", f"plugins.modules.{i}") for i, ref in enumerate(modules)]
+    for ref, source, path in refs:
+        try:
+            obj = load_object(ref)
+        except Exception as exc:  # ImportError, AttributeError, errors in the plugin's module
+            errors.append(ConfigError(path, f"cannot load plugin {ref!r}: {type(exc).__name__}: {exc}"))
+            continue
+        register(obj, plugin_name(obj, ref), source)
+    for obj in extra:
+        register(obj, plugin_name(obj, getattr(type(obj), "__module__", "extra")), "extra")
+    for i, name in enumerate(disabled):
+        if name not in blocked_seen and name not in REQUIRED:
+            errors.append(ConfigError(f"plugins.disabled.{i}", f"no plugin is named {name!r}"))
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        errors.append(ConfigError("plugins", f"plugin {exc.plugin!r}: {exc}"))
+    if errors:
+        raise ConfigErrors(errors)
+    return pm, infos

@@ -1,0 +1,76 @@
+"""The core's Prometheus metrics, in a registry that belongs to one application.
+
+Label children are cached per label tuple: ``.labels()`` takes a lock and
+builds a key on every call, which is measurable on the hot path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .hookspecs import hookimpl
+from .types import RequestContext
+
+# Proxy overhead is sub-millisecond when healthy: fine buckets at the low end.
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class LabelCache:
+    """``metric.labels(*values)`` memoised per tuple of label values."""
+
+    __slots__ = ("_metric", "_children")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
+class CoreMetrics:
+    """Requests, durations, overhead, upstream time, TTFT and in-flight requests.
+
+    Registered as the ``metrics`` plugin: it observes every finished request.
+    """
+
+    name = "metrics"
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = LabelCache(Counter(
+            "floodgate_requests", "Requests by endpoint, model and HTTP status",
+            ["endpoint", "model", "status"], registry=registry))
+        self.duration = LabelCache(Histogram(
+            "floodgate_request_duration_seconds", "Time from request received to response done",
+            ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry))
+        self.overhead = LabelCache(Histogram(
+            "floodgate_proxy_overhead_seconds", "Time the proxy added: total minus upstream time",
+            ["endpoint"], buckets=OVERHEAD_BUCKETS, registry=registry))
+        self.upstream = LabelCache(Histogram(
+            "floodgate_upstream_duration_seconds", "Duration of each upstream attempt",
+            ["upstream", "model", "outcome"], buckets=LATENCY_BUCKETS, registry=registry))
+        self.ttft = LabelCache(Histogram(
+            "floodgate_time_to_first_token_seconds", "Streams: time from request received to first event sent",
+            ["model"], buckets=LATENCY_BUCKETS, registry=registry))
+        self.in_flight = Gauge("floodgate_in_flight_requests", "Requests being handled now", registry=registry)
+
+    @hookimpl(trylast=True)
+    def proxy_finished(self, ctx: RequestContext) -> None:
+        target = ctx.target
+        model = target.model if target else (ctx.model if ctx.model and ctx.config.resolve(ctx.model) else "-")
+        endpoint = ctx.endpoint if not ctx.endpoint.startswith("passthrough") else "passthrough"
+        self.requests(endpoint, model, str(ctx.status)).inc()
+        self.duration(endpoint).observe(ctx.timings.total)
+        self.overhead(endpoint).observe(ctx.timings.overhead)
+        for attempt in ctx.attempts:
+            outcome = "ok" if attempt.ok else attempt.error or "error"
+            self.upstream(attempt.target.upstream, attempt.target.model, outcome).observe(attempt.duration)
+        if ctx.stream and ctx.timings.first_byte is not None and target is not None:
+            self.ttft(target.model).observe(ctx.timings.first_byte - ctx.timings.received)

@@ -1,0 +1,74 @@
+"""Offline token estimates.
+
+Used where an exact count is not available: before a request is sent (routing,
+rate-limit reservations) and when an upstream reports no usage. Tokenizers that
+download their vocabulary on first use fail on a machine without network, so this
+is a heuristic calibrated on BPE tokenizers of current models: one token per CJK
+character, about four characters per token for other text, and a small fixed
+cost per chat message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .types import content_text
+
+# Per-message framing tokens (role markers) as counted by OpenAI's chat format.
+MESSAGE_OVERHEAD = 4
+IMAGE_TOKENS = 85  # OpenAI's low-detail image cost: a floor for unknown sizes
+
+
+def _is_wide(ch: str) -> bool:
+    # CJK ideographs, kana, hangul and full-width forms: about one token each.
+    o = ord(ch)
+    return (0x2E80 <= o <= 0x9FFF) or (0xAC00 <= o <= 0xD7AF) or (0xF900 <= o <= 0xFAFF) or (0xFF00 <= o <= 0xFFEF)
+
+
+def estimate_text_tokens(text: str) -> int:
+    """Estimated tokens of a piece of text (CJK and other scripts mixed)."""
+    if not text:
+        return 0
+    if text.isascii():
+        return max(1, (len(text) + 3) // 4)
+    wide = sum(1 for ch in text if _is_wide(ch))
+    rest = len(text) - wide
+    return wide + (rest + 3) // 4
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """Estimated prompt tokens of a chat, completion, embedding or responses body."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        total = 3  # every reply is primed with <|start|>assistant
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            total += MESSAGE_OVERHEAD + estimate_text_tokens(content_text(message.get("content")))
+            content = message.get("content")
+            if isinstance(content, list):
+                total += IMAGE_TOKENS * sum(1 for p in content if isinstance(p, dict) and p.get("type") == "image_url")
+            for call in message.get("tool_calls") or ():
+                if isinstance(call, dict):
+                    fn = call.get("function") or {}
+                    total += estimate_text_tokens(str(fn.get("name", ""))) + estimate_text_tokens(str(fn.get("arguments", "")))
+        tools = body.get("tools")
+        if isinstance(tools, list):
+            total += sum(estimate_text_tokens(str(t)) for t in tools)
+        return total
+    prompt = body.get("prompt", body.get("input"))
+    if isinstance(prompt, str):
+        return estimate_text_tokens(prompt)
+    if isinstance(prompt, list):
+        total = 0
+        for item in prompt:
+            if isinstance(item, str):
+                total += estimate_text_tokens(item)
+            elif isinstance(item, int):
+                total += 1
+            elif isinstance(item, list):
+                total += len(item)
+            elif isinstance(item, dict):
+                total += MESSAGE_OVERHEAD + estimate_text_tokens(content_text(item.get("content")))
+        return total
+    return 0

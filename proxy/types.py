@@ -1,0 +1,315 @@
+"""The values that flow through the hooks.
+
+Everything here is part of the public API: plugins receive and return these.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+if TYPE_CHECKING:
+    from multidict import CIMultiDictProxy
+
+    from .config import Config
+
+__all__ = [
+    "Principal", "ANONYMOUS", "Reply", "Target", "Route", "Attempt", "STOP", "Stop",
+    "AttemptRecord", "Usage", "Timings", "RequestContext", "UpstreamResponse", "StreamChunk",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling. ``name`` is safe to log and to use as a metric label.
+
+    ``settings`` carries per-caller settings other plugins read (rate limits,
+    budget, priority); its keys belong to the plugins that use them.
+    """
+
+    name: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    admin: bool = False
+
+
+#: The caller when no plugin authenticates.
+ANONYMOUS: Final = Principal(name="anonymous")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An answer produced without any upstream call (a short-circuit).
+
+    The core renders it as a ``chat.completion`` (or ``text_completion``), or as
+    an SSE stream when the client asked for ``stream: true``.
+
+    :param source: who answered, e.g. ``"faq/opening-hours"``; sent to the client as
+        ``x-floodgate-short-circuit``.
+    :param model: the ``model`` field of the rendered reply; defaults to the
+        requested model.
+    :param usage: token counts to report; estimated from the texts when ``None``.
+    """
+
+    content: str
+    source: str
+    model: str | None = None
+    usage: Usage | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One upstream model to try.
+
+    :param model: the catalogue name (used for pricing, metrics, headers).
+    :param upstream: the name of the upstream in the config.
+    :param upstream_model: the model id sent to the upstream.
+    :param overrides: request fields to set on the forwarded body (``max_tokens``
+        caps, a prepended system prompt is expressed by the router as ``messages``).
+    """
+
+    model: str
+    upstream: str
+    upstream_model: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def with_overrides(self, **overrides: Any) -> Target:
+        return Target(self.model, self.upstream, self.upstream_model, {**self.overrides, **overrides})
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """An ordered list of targets: the first is preferred, the rest are fallbacks."""
+
+    name: str
+    targets: tuple[Target, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What to try next: ``target`` after waiting ``delay`` seconds."""
+
+    target: Target
+    delay: float = 0.0
+
+
+class Stop:
+    """The type of :data:`STOP`."""
+
+    _instance: Stop | None = None
+
+    def __new__(cls) -> Stop:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "STOP"
+
+
+#: Returned by ``proxy_next_attempt`` to end the attempts.
+STOP: Final = Stop()
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    """The outcome of one upstream try, appended to ``ctx.attempts``.
+
+    :param status: the upstream's HTTP status, or ``None`` when no response came.
+    :param error: ``None`` on success; else one of ``"http"`` (a non-2xx status),
+        ``"timeout"``, ``"connect"`` (connection refused/reset), ``"invalid_body"``
+        (not JSON, truncated, broken stream), ``"circuit_open"``.
+    :param retry_after: the upstream's ``Retry-After`` in seconds, if it sent one.
+    """
+
+    target: Target
+    started: float
+    ended: float = 0.0
+    status: int | None = None
+    error: str | None = None
+    detail: str = ""
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.ended - self.started)
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts in OpenAI's terms; ``cached_tokens`` is part of ``prompt_tokens``."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @classmethod
+    def from_openai(cls, usage: Mapping[str, Any] | None) -> Usage | None:
+        """Read a ``usage`` object of chat/completions, embeddings or responses."""
+        if not isinstance(usage, Mapping):
+            return None
+        prompt = usage.get("prompt_tokens", usage.get("input_tokens")) or 0
+        completion = usage.get("completion_tokens", usage.get("output_tokens")) or 0
+        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+        cached = details.get("cached_tokens") or 0 if isinstance(details, Mapping) else 0
+        try:
+            return cls(int(prompt), int(completion), int(cached))
+        except (TypeError, ValueError):
+            return None
+
+
+@dataclass(slots=True)
+class Timings:
+    """Monotonic timestamps (``time.perf_counter``) of one request."""
+
+    received: float = field(default_factory=time.perf_counter)
+    first_byte: float | None = None
+    done: float | None = None
+    upstream: float = 0.0  # seconds spent waiting on upstreams, all attempts
+
+    @property
+    def total(self) -> float:
+        return ((self.done or time.perf_counter()) - self.received)
+
+    @property
+    def overhead(self) -> float:
+        """Time the proxy itself added: total minus upstream time."""
+        return max(0.0, self.total - self.upstream)
+
+
+@dataclass(slots=True, eq=False)
+class RequestContext:
+    """Everything about one request, passed to every per-request hook.
+
+    :param endpoint: the OpenAI endpoint without ``/v1``, e.g. ``"chat/completions"``;
+        ``"models"``, or the passthrough path for other ``/v1/*`` paths.
+    :param body: the parsed JSON body (``{}`` for bodiless requests). Plugins that
+        need a different upstream body change the target's ``overrides``, not this.
+    :param raw: the body bytes exactly as received.
+    :param model: the model the client asked for (``None`` if it named none).
+    :param state: scratch space for plugins to share data within one request.
+    """
+
+    request_id: str
+    method: str
+    endpoint: str
+    headers: CIMultiDictProxy[str]
+    config: Config
+    body: dict[str, Any] = field(default_factory=dict)
+    raw: bytes = b""
+    model: str | None = None
+    stream: bool = False
+    principal: Principal = ANONYMOUS
+    reply: Reply | None = None
+    route: Route | None = None
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    usage: Usage | None = None
+    usage_estimated: bool = False
+    cost: float | None = None
+    status: int = 0
+    error: str | None = None  # the error code sent to the client, if any
+    client_disconnected: bool = False
+    timings: Timings = field(default_factory=Timings)
+    response_headers: dict[str, str] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target(self) -> Target | None:
+        """The target of the last attempt (the model actually used)."""
+        return self.attempts[-1].target if self.attempts else None
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether the client asked for the usage chunk of a stream."""
+        opts = self.body.get("stream_options")
+        return bool(isinstance(opts, dict) and opts.get("include_usage"))
+
+    def last_user_text(self) -> str:
+        """The text of the last user message (chat) or the prompt (completions)."""
+        messages = self.body.get("messages")
+        if isinstance(messages, list):
+            for message in reversed(messages):
+                if isinstance(message, dict) and message.get("role") == "user":
+                    return content_text(message.get("content"))
+            return ""
+        prompt = self.body.get("prompt", self.body.get("input"))
+        return prompt if isinstance(prompt, str) else ""
+
+
+def content_text(content: Any) -> str:
+    """The text of a message ``content`` (a string, or a list of parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") in ("text", "input_text"))
+    return ""
+
+
+class UpstreamResponse:
+    """A successful non-streaming upstream response, offered to ``proxy_response``.
+
+    The body stays as bytes unless a plugin reads :attr:`data` and calls
+    :meth:`replace`; only then is it serialised again.
+    """
+
+    __slots__ = ("status", "headers", "_raw", "_data", "modified")
+
+    def __init__(self, status: int, headers: dict[str, str], raw: bytes, data: Any) -> None:
+        self.status = status
+        self.headers = headers
+        self._raw = raw
+        self._data = data
+        self.modified = False
+
+    @property
+    def data(self) -> Any:
+        """The parsed JSON body (treat as read-only; use :meth:`replace` to change it)."""
+        return self._data
+
+    @property
+    def raw(self) -> bytes:
+        if self.modified:
+            self._raw = orjson.dumps(self._data)
+            self.modified = False
+        return self._raw
+
+    def replace(self, data: Any) -> None:
+        """Send ``data`` to the client instead of the upstream's body."""
+        self._data = data
+        self.modified = True
+
+
+class StreamChunk:
+    """One SSE event of a relayed stream, offered to ``proxy_stream_chunk``.
+
+    ``raw`` is the event's ``data:`` payload; :attr:`data` parses it on first use.
+    Set ``drop = True`` to keep it from the client.
+    """
+
+    __slots__ = ("raw", "_data", "drop")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self._data: Any = None
+        self.drop = False
+
+    @property
+    def data(self) -> Any:
+        if self._data is None and self.raw != b"[DONE]":
+            try:
+                self._data = orjson.loads(self.raw)
+            except orjson.JSONDecodeError:
+                self._data = None
+        return self._data

@@ -1,0 +1,243 @@
+"""Upstream connections: one pooled session per upstream, created at start-up.
+
+:meth:`Upstreams.open` sends one request and returns the response once its
+headers show success; everything that can go wrong on the way (refused or reset
+connections, timeouts, error statuses, HTML error pages) becomes an
+:class:`UpstreamError` that says what kind of failure it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+from multidict import CIMultiDict
+
+from .config import Config, Timeouts
+from .errors import Rejection, error_body
+
+log = logging.getLogger("floodgate.upstream")
+
+# Request headers never forwarded: hop-by-hop ones, the client's credentials
+# (a Floodgate key), and what aiohttp sets itself.
+_DROP_REQUEST = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "trailers", "transfer-encoding", "upgrade", "host", "content-length", "authorization",
+    "api-key", "x-api-key", "cookie", "accept-encoding", "x-request-id", "openai-organization",
+    "openai-project", "content-type", "x-floodgate-tier",
+})
+# Response headers not relayed: hop-by-hop, framing recomputed by us, and the
+# upstream's own rate-limit/identity headers (they describe Floodgate's account).
+_DROP_RESPONSE = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "trailers", "transfer-encoding", "upgrade", "content-length", "content-encoding", "date",
+    "server", "set-cookie", "x-request-id", "openai-organization", "openai-project",
+})
+_EXCERPT = 200
+_MAX_ERROR_BODY = 64 * 1024
+
+
+class UpstreamError(Exception):
+    """A failed upstream try.
+
+    :param kind: ``"http"``, ``"timeout"``, ``"connect"`` or ``"invalid_body"``.
+    :param body: for ``"http"``, the upstream's body when it was an OpenAI-shaped error.
+    """
+
+    def __init__(self, kind: str, detail: str, *, status: int | None = None,
+                 retry_after: float | None = None, body: bytes | None = None) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+        self.status = status
+        self.retry_after = retry_after
+        self.body = body
+
+    def to_rejection(self) -> Rejection:
+        """The error the client sees when this was the last try."""
+        if self.kind == "timeout":
+            return Rejection(504, f"upstream timed out: {self.detail}", code="upstream_timeout", type="server_error")
+        if self.kind == "http" and self.status is not None:
+            if self.status in (401, 403):
+                # The upstream refused Floodgate's own credentials: not the caller's fault.
+                return Rejection(502, f"upstream rejected the gateway's credentials (HTTP {self.status})",
+                                 code="upstream_auth_failed", type="server_error")
+            if 400 <= self.status < 500 and self.body is not None:
+                headers = {"retry-after": _fmt_seconds(self.retry_after)} if self.retry_after else {}
+                return RelayedRejection(self.status, self.body, headers)
+        return Rejection(502, self.detail, code="upstream_error", type="server_error")
+
+
+class RelayedRejection(Rejection):
+    """An upstream's own OpenAI-shaped 4xx error, relayed with its status."""
+
+    def __init__(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+        try:
+            message = str(orjson.loads(body)["error"].get("message", ""))
+        except Exception:
+            message = ""
+        super().__init__(status, message or f"upstream returned HTTP {status}", headers=headers,
+                         should_retry=False if status != 429 else None)
+        self._body = body
+
+    def body(self) -> bytes:
+        return self._body
+
+
+def _fmt_seconds(value: float | None) -> str:
+    return str(max(1, round(value))) if value is not None else "1"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # HTTP-date form: rare from APIs; let backoff decide
+
+
+def excerpt(body: bytes) -> str:
+    text = body[:_EXCERPT * 2].decode("utf-8", "replace")
+    text = " ".join(text.split())
+    return text[:_EXCERPT] + ("…" if len(text) > _EXCERPT else "")
+
+
+def forwardable_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in _DROP_REQUEST}
+
+
+def relayable_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    return CIMultiDict((k, v) for k, v in headers.items()
+                       if k.lower() not in _DROP_RESPONSE and not k.lower().startswith("x-ratelimit-"))
+
+
+class Upstreams:
+    """The pooled HTTP sessions of one application, by upstream name."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._base_urls: dict[str, str] = {}
+        self._auth: dict[str, dict[str, str]] = {}
+        self._mocks: list[Any] = []
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._sessions) and all(not s.closed for s in self._sessions.values())
+
+    def base_url(self, upstream: str) -> str:
+        return self._base_urls[upstream]
+
+    async def start(self) -> None:
+        for name, settings in self._config.upstreams.items():
+            base_url = settings.base_url
+            if settings.is_mock:
+                base_url = await self._start_mock(settings)
+            self._base_urls[name] = base_url
+            headers = dict(settings.headers)
+            if settings.api_key is not None:
+                headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
+            self._auth[name] = headers
+            connector = aiohttp.TCPConnector(limit=settings.pool_size, limit_per_host=settings.pool_size,
+                                             ttl_dns_cache=300, enable_cleanup_closed=True)
+            self._sessions[name] = aiohttp.ClientSession(
+                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.timeouts.connect),
+            )
+
+    async def _start_mock(self, settings: Any) -> str:
+        from .mock_upstream import MockSettings, MockUpstream, ModelBehaviour
+
+        mock_cfg = settings.mock
+        kwargs: dict[str, Any] = {"models": list(self._config.models) or MockSettings().models}
+        if mock_cfg is not None:
+            kwargs.update(tokens_per_second=mock_cfg.tokens_per_second,
+                          completion_tokens=mock_cfg.completion_tokens, seed=mock_cfg.seed,
+                          behaviours={m: ModelBehaviour(**b.model_dump()) for m, b in mock_cfg.behaviours.items()})
+        if settings.api_key is not None:
+            kwargs["api_key"] = settings.api_key.get_secret_value()
+        upstream_models = {m.upstream_model or name for name, m in self._config.models.items()}
+        kwargs["models"] = sorted(upstream_models) or kwargs["models"]
+        mock = MockUpstream(MockSettings(**kwargs))
+        await mock.start()
+        self._mocks.append(mock)
+        log.info("started the built-in mock upstream at %s", mock.url)
+        return mock.url
+
+    @property
+    def mocks(self) -> list[Any]:
+        """Built-in mock upstreams started in-process (their ``MockUpstream`` handles)."""
+        return list(self._mocks)
+
+    async def close(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        for mock in self._mocks:
+            await mock.stop()
+        self._sessions.clear()
+        self._mocks.clear()
+
+    async def open(self, upstream: str, method: str, path: str, *, body: bytes | None,
+                   headers: Mapping[str, str], timeouts: Timeouts, query: str = "") -> aiohttp.ClientResponse:
+        """Send a request; return the response once its headers show a 2xx status.
+
+        The caller reads (and releases) the body. Raises :class:`UpstreamError`.
+        """
+        session = self._sessions[upstream]
+        url = f"{self._base_urls[upstream]}/{path}"
+        if query:
+            url = f"{url}?{query}"
+        send_headers = {**headers, **self._auth[upstream]}
+        if body is not None:
+            send_headers["Content-Type"] = "application/json"
+        try:
+            async with asyncio.timeout(timeouts.first_byte):
+                response = await session.request(method, url, data=body, headers=send_headers,
+                                                 allow_redirects=False)
+        except TimeoutError:
+            raise UpstreamError("timeout", f"no response within {timeouts.first_byte:g}s") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError("connect", f"cannot connect to upstream {upstream!r}: {exc.os_error.strerror or exc.os_error}") from None
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+            raise UpstreamError("connect", f"upstream {upstream!r} closed the connection: {type(exc).__name__}") from None
+        except aiohttp.ClientResponseError as exc:
+            raise UpstreamError("invalid_body", f"upstream {upstream!r} sent an invalid response: {exc.message}") from None
+        if response.status < 300:
+            return response
+        try:
+            await self._raise_for_status(upstream, response, timeouts)
+        finally:
+            response.release()
+        raise AssertionError("unreachable")
+
+    async def _raise_for_status(self, upstream: str, response: aiohttp.ClientResponse, timeouts: Timeouts) -> None:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        try:
+            async with asyncio.timeout(timeouts.total):
+                raw = await response.content.read(_MAX_ERROR_BODY)
+        except (TimeoutError, aiohttp.ClientError):
+            raw = b""
+        relay: bytes | None = None
+        try:
+            data = orjson.loads(raw)
+            if isinstance(data, dict) and isinstance(data.get("error"), dict):
+                relay = raw
+                message = str(data["error"].get("message", ""))[:_EXCERPT]
+            else:
+                message = excerpt(raw)
+        except orjson.JSONDecodeError:
+            message = excerpt(raw)
+            if 400 <= response.status < 500:
+                # A 4xx the client must see, but not in OpenAI's shape: wrap it.
+                relay = error_body(f"upstream returned HTTP {response.status}: {message}",
+                                   type="invalid_request_error", code="upstream_error")
+        kind_of_body = response.headers.get("Content-Type", "unknown content").split(";")[0]
+        detail = f"upstream {upstream!r} returned HTTP {response.status} ({kind_of_body})"
+        if message:
+            detail += f": {message}"
+        raise UpstreamError("http", detail, status=response.status, retry_after=retry_after, body=relay)
