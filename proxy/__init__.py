@@ -4,7 +4,7 @@ This module is the public API, the one the built-in plugins use and the only one
 a third-party plugin needs.
 """
 
-from .app import CONFIG, HOOKS, REGISTRY, UPSTREAMS, create_app
+from .app import CONFIG, HOOKS, REGISTRY, UPSTREAMS, authenticate, create_app, require_admin
 from .config import Config, Price, Settings, load_config, parse_config
 from .errors import ConfigError, ConfigErrors, Rejection
 from .hookspecs import hookimpl
@@ -33,5 +33,5 @@ __all__ = [
     "ANONYMOUS", "STOP", "Attempt", "AttemptRecord", "CONFIG", "Config", "ConfigError", "ConfigErrors",
     "HOOKS", "LabelCache", "Price", "Principal", "REGISTRY", "Rejection", "Reply", "RequestContext", "Route",
     "Settings", "Stop", "StreamChunk", "Target", "Timings", "UPSTREAMS", "UpstreamResponse", "Usage",
-    "create_app", "estimate_prompt_tokens", "estimate_text_tokens", "hookimpl", "load_config", "parse_config",
+    "authenticate", "create_app", "require_admin", "estimate_prompt_tokens", "estimate_text_tokens", "hookimpl", "load_config", "parse_config",
 ]

@@ -23,7 +23,7 @@ from .errors import ConfigError, ConfigErrors, Rejection, error_response
 from .loader import BUILTIN_PLUGINS, PluginInfo, build_plugin_manager
 from .metrics import CoreMetrics
 from .pipeline import MODEL_ENDPOINTS, Gateway
-from .types import ANONYMOUS, RequestContext
+from .types import ANONYMOUS, Principal, RequestContext
 from .upstream import Upstreams
 
 log = logging.getLogger("floodgate")
@@ -160,13 +160,32 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def authenticate(request: web.Request) -> Principal:
+    """Run ``proxy_authenticate`` for an endpoint outside the OpenAI surface (``/-/...``).
+
+    Raises :class:`Rejection` as the auth plugins decide. With no auth plugin
+    loaded the caller is :data:`ANONYMOUS`, which admin endpoints accept: a
+    gateway without authentication is a development setup.
+    """
+    app = request.app
+    ctx = RequestContext(request_id="-", method=request.method, endpoint=request.path.lstrip("/"),
+                         headers=request.headers, config=app[CONFIG])
+    return await app[HOOKS].first_result("proxy_authenticate", ctx=ctx)
+
+
+async def require_admin(request: web.Request) -> Principal:
+    """:func:`authenticate`, then refuse (403) any caller that is not an admin."""
+    principal = await authenticate(request)
+    if not (principal.admin or principal is ANONYMOUS):
+        raise Rejection(403, "this endpoint needs the admin key", code="admin_required", should_retry=False)
+    return principal
+
+
 async def _plugins(request: web.Request) -> web.Response:
     """Loaded plugins; their modules, versions and hooks for admins (or with no auth plugin)."""
     app = request.app
-    ctx = RequestContext(request_id="-", method="GET", endpoint="-/plugins", headers=request.headers,
-                         config=app[CONFIG])
     try:
-        principal = await app[HOOKS].first_result("proxy_authenticate", ctx=ctx)
+        principal = await authenticate(request)
     except Rejection as rejection:
         return error_response(rejection)
     detailed = principal.admin or principal is ANONYMOUS

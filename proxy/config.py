@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigError, ConfigErrors, Rejection
-from .types import Target
+from .types import Target, Usage
 from .yamlsource import LocatedYaml, Path, load_yaml
 
 log = logging.getLogger("floodgate.config")
@@ -99,6 +99,11 @@ class UpstreamSettings(Settings):
     headers: dict[str, str] = {}
     mock: MockSettingsConfig | None = None
 
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key(cls, value: Any) -> Any:
+        return None if value == "" else value  # "${KEY:-}" with KEY unset: no key
+
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str) -> str:
@@ -117,6 +122,15 @@ class Price(Settings):
     input: NonNegativeFloat = 0.0
     output: NonNegativeFloat = 0.0
     cached_input: NonNegativeFloat | None = None
+
+    def cost(self, usage: Usage) -> float:
+        """US dollars for ``usage``: cached prompt tokens at ``cached_input`` when
+        it is set (else at ``input``), the rest of the prompt at ``input``, the
+        completion at ``output``."""
+        cached = min(usage.cached_tokens, usage.prompt_tokens)
+        cached_price = self.input if self.cached_input is None else self.cached_input
+        return ((usage.prompt_tokens - cached) * self.input + cached * cached_price
+                + usage.completion_tokens * self.output) / 1_000_000
 
 
 class ModelSettings(Settings):
@@ -211,13 +225,15 @@ class Config:
         names = [model, *(m for m in self.models[model].fallbacks if m != model)]
         return tuple(self._targets[n] for n in names)
 
-    def timeouts(self, target: Target) -> Timeouts:
-        """The upstream's timeouts with the model's overrides applied."""
+    def timeouts(self, target: Target, cap: float | None = None) -> Timeouts:
+        """The upstream's timeouts with the model's overrides applied, capped at ``cap``."""
         base = self.upstreams[target.upstream].timeouts
         over = self.models[target.model].timeouts if target.model in self.models else None
-        if over is None:
-            return base
-        changes = {k: v for k, v in over.model_dump().items() if v is not None}
+        changes = {k: v for k, v in over.model_dump().items() if v is not None} if over else {}
+        if cap is not None:
+            cap = max(cap, 0.001)
+            changes["first_byte"] = min(changes.get("first_byte", base.first_byte), cap)
+            changes["total"] = min(changes.get("total", base.total), cap)
         return base.model_copy(update=changes) if changes else base
 
     def price(self, model: str) -> Price | None:

@@ -250,7 +250,7 @@ class Gateway:
             record = AttemptRecord(target, started=time.perf_counter())
             ctx.attempts.append(record)
             body, hide_usage = self._upstream_body(ctx, target)
-            timeouts = self.config.timeouts(target)
+            timeouts = self.config.timeouts(target, attempt.timeout)
             try:
                 upstream = await self.upstreams.open(target.upstream, "POST", ctx.endpoint, body=body,
                                                      headers=forward, timeouts=timeouts)

@@ -91,10 +91,15 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """What to try next: ``target`` after waiting ``delay`` seconds."""
+    """What to try next: ``target`` after waiting ``delay`` seconds.
+
+    :param timeout: caps this try's first-byte and total timeouts (seconds), e.g.
+        to keep it inside a request's overall deadline; ``None`` uses the config's.
+    """
 
     target: Target
     delay: float = 0.0
+    timeout: float | None = None
 
 
 class Stop:
