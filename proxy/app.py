@@ -8,6 +8,7 @@ can run many applications side by side.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -56,13 +57,10 @@ def create_app(
     core: list[Any] = [CoreDefaults(), metrics]
     if config.server.access_log:
         core.append(AccessLog())
-    try:
-        pm, infos = build_plugin_manager(core=core, builtins=builtins, entry_points=entry_points,
-                                         modules=config.plugin_modules, extra=plugins,
-                                         disabled=config.disabled_plugins)
-    except ConfigErrors as exc:
-        raise ConfigErrors([config.locate(e) for e in exc.errors]) from None
-    _configure(pm, config, registry)
+    pm, infos, errors = build_plugin_manager(core=core, builtins=builtins, entry_points=entry_points,
+                                             modules=config.plugin_modules, extra=plugins,
+                                             disabled=config.disabled_plugins)
+    _configure(pm, config, registry, errors)
 
     hooks = Hooks(pm)
     upstreams = Upstreams(config)
@@ -80,15 +78,17 @@ def create_app(
     pm.hook.proxy_add_routes(app=app)
     app.router.add_route("*", "/v1/{tail:.*}", gateway.passthrough)
     app.router.add_route("*", "/{tail:.*}", _not_found)
+    app.on_response_prepare.append(_ensure_request_id)
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
     app.on_cleanup.append(_cleanup)
     return app
 
 
-def _configure(pm: pluggy.PluginManager, config: Config, registry: CollectorRegistry) -> None:
-    """Run every ``proxy_configure`` and collect all errors, not just the first."""
-    errors: list[ConfigError] = []
+def _configure(pm: pluggy.PluginManager, config: Config, registry: CollectorRegistry,
+               errors: list[ConfigError]) -> None:
+    """Run every ``proxy_configure``; raise all errors (the loader's too) together."""
+    errors = list(errors)
     for impl in reversed(pm.hook.proxy_configure.get_hookimpls()):
         kwargs = {"config": config, "registry": registry}
         try:
@@ -127,6 +127,12 @@ def _add_routes(app: web.Application, gateway: Gateway) -> None:
     router.add_get("/readyz", _readyz)
     router.add_get("/metrics", _metrics)
     router.add_get("/-/plugins", _plugins)
+
+
+async def _ensure_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response carries ``x-request-id`` (the gateway's own set it already)."""
+    if "x-request-id" not in response.headers:
+        response.headers["x-request-id"] = uuid.uuid4().hex
 
 
 async def _startup(app: web.Application) -> None:

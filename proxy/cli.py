@@ -96,11 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     mock.set_defaults(func=_cmd_mock)
 
     # Plugin commands (built-ins and entry points; config-listed modules need a config first).
-    try:
-        pm, _ = build_plugin_manager(core=[], builtins=BUILTIN_PLUGINS)
-        pm.hook.proxy_add_commands(subparsers=sub)
-    except ConfigErrors as exc:
-        print(f"warning: plugin commands unavailable: {exc}", file=sys.stderr)
+    pm, _, errors = build_plugin_manager(core=[], builtins=BUILTIN_PLUGINS)
+    for error in errors:
+        print(f"warning: {error}", file=sys.stderr)
+    pm.hook.proxy_add_commands(subparsers=sub)
     return parser
 
 

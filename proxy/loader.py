@@ -23,7 +23,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import ConfigError, ConfigErrors
+from .errors import ConfigError
 
 #: The built-in plugins, in registration order.
 BUILTIN_PLUGINS: tuple[str, ...] = ()
@@ -83,8 +83,9 @@ def build_plugin_manager(
     modules: Iterable[str] = (),
     extra: Sequence[Any] = (),
     disabled: Iterable[str] = (),
-) -> tuple[pluggy.PluginManager, list[PluginInfo]]:
-    """Register every plugin; raise :class:`ConfigErrors` on a bad reference or hook.
+) -> tuple[pluggy.PluginManager, list[PluginInfo], list[ConfigError]]:
+    """Register every plugin; return the manager, what was loaded, and the errors
+    (bad references, unknown hooks, unknown names in ``disabled``).
 
     :param core: the core's own plugin objects (defaults, metrics, access log).
     :param extra: plugin objects passed in directly (tests, embedding).
@@ -136,6 +137,4 @@ def build_plugin_manager(
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         errors.append(ConfigError("plugins", f"plugin {exc.plugin!r}: {exc}"))
-    if errors:
-        raise ConfigErrors(errors)
-    return pm, infos
+    return pm, infos, errors

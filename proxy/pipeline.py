@@ -402,7 +402,8 @@ class Gateway:
             if relay.usage is not None:
                 ctx.usage = relay.usage
             else:
-                ctx.usage = Usage(estimate_prompt_tokens(ctx.body), max(0, relay.data_events - 2))
+                # About one token per content event; the first event carries only the role.
+                ctx.usage = Usage(estimate_prompt_tokens(ctx.body), max(0, relay.data_events - 1 - relay.done))
                 ctx.usage_estimated = True
         return response
 

@@ -38,13 +38,13 @@ def reply_json(reply: Reply, *, endpoint: str, model: str, usage: Usage) -> byte
     if endpoint == "completions":
         return orjson.dumps({
             "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": created,
-            "model": model, "system_fingerprint": None,
+            "model": model,
             "choices": [{"index": 0, "text": reply.content, "logprobs": None, "finish_reason": "stop"}],
             "usage": usage_dict(usage),
         })
     return orjson.dumps({
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": created,
-        "model": model, "system_fingerprint": None,
+        "model": model,
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": reply.content, "refusal": None},
@@ -65,7 +65,7 @@ def reply_stream(reply: Reply, *, endpoint: str, model: str, usage: Usage, inclu
         ]
     else:
         base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": created,
-                "model": model, "system_fingerprint": None}
+                "model": model}
 
         def choice(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -82,13 +82,24 @@ class RunningGateway:
     client: Any  # aiohttp.test_utils.TestClient
     url: str  # base URL including /v1, for SDK clients
     mock: MockUpstream | None
+    sdk_clients: list[Any] = field(default_factory=list)
 
     def openai(self, api_key: str = "sk-floodgate-test", **kwargs: Any) -> Any:
-        """An ``openai.AsyncOpenAI`` client for this gateway (no SDK retries unless asked)."""
+        """An ``openai.AsyncOpenAI`` client for this gateway (no SDK retries unless asked).
+
+        Clients made here are closed when the test ends.
+        """
         import openai
 
         kwargs.setdefault("max_retries", 0)
-        return openai.AsyncOpenAI(base_url=self.url, api_key=api_key, **kwargs)
+        client = openai.AsyncOpenAI(base_url=self.url, api_key=api_key, **kwargs)
+        self.sdk_clients.append(client)
+        return client
+
+    async def close(self) -> None:
+        for client in self.sdk_clients:
+            await client.close()
+        self.sdk_clients.clear()
 
     async def metrics(self) -> str:
         response = await self.client.get("/metrics")
@@ -102,7 +113,9 @@ async def mock_upstream() -> AsyncIterator[MockUpstream]:
 
 
 @pytest.fixture
-def floodgate(aiohttp_client: Any, mock_upstream: MockUpstream) -> Any:
+async def floodgate(aiohttp_client: Any, mock_upstream: MockUpstream) -> AsyncIterator[Any]:
+    started: list[RunningGateway] = []
+
     async def start(
         config: Mapping[str, Any] | str | Config | None = None,
         *,
@@ -118,6 +131,10 @@ def floodgate(aiohttp_client: Any, mock_upstream: MockUpstream) -> Any:
             config = config_from_dict(config, source="<test>")
         app = create_app(config, plugins=plugins, builtins=builtins, entry_points=False)
         client = await aiohttp_client(app)
-        return RunningGateway(app=app, client=client, url=str(client.make_url("/v1")), mock=mock_upstream)
+        gateway = RunningGateway(app=app, client=client, url=str(client.make_url("/v1")), mock=mock_upstream)
+        started.append(gateway)
+        return gateway
 
-    return start
+    yield start
+    for gateway in started:
+        await gateway.close()

@@ -67,7 +67,7 @@ class UpstreamError(Exception):
                 return Rejection(502, f"upstream rejected the gateway's credentials (HTTP {self.status})",
                                  code="upstream_auth_failed", type="server_error")
             if 400 <= self.status < 500 and self.body is not None:
-                headers = {"retry-after": _fmt_seconds(self.retry_after)} if self.retry_after else {}
+                headers = {"retry-after": f"{self.retry_after:g}"} if self.retry_after is not None else {}
                 return RelayedRejection(self.status, self.body, headers)
         return Rejection(502, self.detail, code="upstream_error", type="server_error")
 
@@ -86,10 +86,6 @@ class RelayedRejection(Rejection):
 
     def body(self) -> bytes:
         return self._body
-
-
-def _fmt_seconds(value: float | None) -> str:
-    return str(max(1, round(value))) if value is not None else "1"
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -1,0 +1,521 @@
+"""The hook contract: every hook is documented and has a test named ``test_hook_<name>`` here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import sys
+
+import openai
+import pytest
+from aiohttp import web
+from pydantic import Field
+
+import proxy
+from proxy import (
+    STOP, Attempt, ConfigErrors, Principal, Rejection, Reply, Route, Settings, create_app, hookimpl, hookspecs,
+)
+from proxy.config import config_from_dict
+from proxy.testing import mock_config
+
+MESSAGES = [{"role": "user", "content": "退款多久到账?"}]
+HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("proxy_"))
+
+
+def test_every_hook_is_documented_and_tested():
+    tests = {name for name in globals() if name.startswith("test_hook_")}
+    for name in HOOKS:
+        doc = inspect.getdoc(getattr(hookspecs, name)) or ""
+        assert len(doc) > 80, f"{name} has no real docstring"
+        assert f"test_hook_{name}" in tests, f"{name} has no test_hook_{name}"
+        with open(_docs_path(), encoding="utf-8") as fh:
+            assert name in fh.read(), f"{name} is missing from docs/plugins.md"
+
+
+def _docs_path():
+    from pathlib import Path
+    return Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+
+
+class Recorder:
+    """Records the order in which hooks run, per request."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.finished: list[proxy.RequestContext] = []
+
+    @hookimpl
+    def proxy_authenticate(self, ctx):
+        self.calls.append("authenticate")
+
+    @hookimpl
+    async def proxy_short_circuit(self, ctx):
+        await asyncio.sleep(0)
+        self.calls.append("short_circuit")
+
+    @hookimpl
+    def proxy_route(self, ctx):
+        self.calls.append("route")
+
+    @hookimpl
+    async def proxy_admit(self, ctx):
+        self.calls.append("admit")
+
+    @hookimpl
+    def proxy_next_attempt(self, ctx):
+        self.calls.append(f"next_attempt:{len(ctx.attempts)}")
+
+    @hookimpl
+    def proxy_response(self, ctx, response):
+        self.calls.append("response")
+
+    @hookimpl
+    def proxy_finished(self, ctx):
+        self.calls.append("finished")
+        self.finished.append(ctx)
+
+
+async def test_request_runs_hooks_in_stage_order(floodgate):
+    recorder = Recorder()
+    gw = await floodgate(plugins=[recorder])
+    await gw.openai().chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    # After a success the core does not ask for another attempt.
+    assert recorder.calls == ["authenticate", "short_circuit", "route", "admit", "next_attempt:0",
+                              "response", "finished"]
+
+
+# -- lifecycle hooks ----------------------------------------------------------
+
+class Configured:
+    name = "configured"
+
+    class Options(Settings):
+        greeting: str = "hi"
+        repeat: int = Field(1, gt=0)
+
+    @hookimpl
+    def proxy_configure(self, config, registry):
+        self.options = config.plugin_settings(self.name, self.Options)
+        from prometheus_client import Counter
+        self.counter = Counter("floodgate_configured_things", "things", registry=registry)
+
+
+def test_hook_proxy_configure():
+    base = mock_config("http://127.0.0.1:9/v1")
+    plugin = Configured()
+    create_app(config_from_dict({**base, "plugins": {"configured": {"greeting": "你好"}}}), plugins=[plugin],
+               builtins=(), entry_points=False)
+    assert plugin.options.greeting == "你好" and plugin.options.repeat == 1
+    with pytest.raises(ConfigErrors) as info:
+        create_app(config_from_dict({**base, "plugins": {"configured": {"repeat": 0, "greting": "x"}}}),
+                   plugins=[Configured()], builtins=(), entry_points=False)
+    paths = sorted(e.path for e in info.value.errors)
+    assert paths == ["plugins.configured.greting", "plugins.configured.repeat"]
+
+
+def test_hook_proxy_add_commands(capsys):
+    class Hello:
+        name = "hello"
+
+        @hookimpl
+        def proxy_add_commands(self, subparsers):
+            parser = subparsers.add_parser("hello", help="say hello")
+            parser.add_argument("--who", default="world")
+            parser.set_defaults(func=lambda args: print(f"hello {args.who}") or 0)
+
+    pm, _infos, errors = proxy.loader.build_plugin_manager(core=[], builtins=(), entry_points=False, extra=[Hello()])
+    assert not errors
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    pm.hook.proxy_add_commands(subparsers=sub)
+    args = parser.parse_args(["hello", "--who", "floodgate"])
+    assert args.func(args) == 0
+    assert capsys.readouterr().out == "hello floodgate\n"
+
+
+def test_hook_proxy_route_names():
+    class Tiers:
+        name = "tiers"
+
+        @hookimpl
+        def proxy_route_names(self, config):
+            return ["auto"]
+
+    cfg = {**mock_config("http://127.0.0.1:9/v1"), "aliases": {"gpt-4o-mini": "auto"}}
+    create_app(config_from_dict(cfg), plugins=[Tiers()], builtins=(), entry_points=False)
+    with pytest.raises(ConfigErrors) as info:
+        create_app(config_from_dict(cfg), builtins=(), entry_points=False)
+    assert info.value.errors[0].path == "aliases.gpt-4o-mini"
+
+
+async def test_hook_proxy_add_routes(floodgate):
+    class Extra:
+        name = "extra"
+
+        @hookimpl
+        def proxy_add_routes(self, app):
+            async def hello(request):
+                await proxy.require_admin(request)
+                return web.json_response({"config": len(request.app[proxy.CONFIG].models)})
+            app.router.add_get("/-/hello", hello)
+
+    gw = await floodgate(plugins=[Extra()])
+    resp = await gw.client.get("/-/hello")
+    assert resp.status == 200 and (await resp.json())["config"] == 5
+    assert resp.headers["x-request-id"]
+
+
+async def test_hook_proxy_startup_and_proxy_shutdown(aiohttp_client, mock_upstream):
+    events: list[str] = []
+
+    class Lifecycle:
+        name = "lifecycle"
+
+        @hookimpl
+        async def proxy_startup(self, app):
+            events.append("startup")
+
+        @hookimpl
+        async def proxy_shutdown(self, app):
+            events.append("shutdown")
+
+    app = create_app(config_from_dict(mock_config(mock_upstream.url)), plugins=[Lifecycle()], builtins=(),
+                     entry_points=False)
+    client = await aiohttp_client(app)
+    assert events == ["startup"]
+    assert (await client.get("/readyz")).status == 200
+    await client.close()
+    assert events == ["startup", "shutdown"]
+
+
+test_hook_proxy_startup = test_hook_proxy_startup_and_proxy_shutdown
+test_hook_proxy_shutdown = test_hook_proxy_startup_and_proxy_shutdown
+
+
+# -- per-request hooks --------------------------------------------------------
+
+class KeyAuth:
+    name = "keyauth"
+
+    @hookimpl
+    def proxy_authenticate(self, ctx):
+        auth = ctx.headers.get("Authorization", "")
+        if auth == "Bearer good":
+            return Principal("shop-bot", settings={"priority": 1})
+        if auth == "Bearer admin":
+            return Principal("admin", admin=True)
+        raise Rejection(401, "Incorrect API key provided.", code="invalid_api_key", should_retry=False)
+
+
+async def test_hook_proxy_authenticate(floodgate):
+    seen: list[str] = []
+
+    class Observer:
+        name = "observer"
+
+        @hookimpl
+        def proxy_finished(self, ctx):
+            seen.append(ctx.principal.name)
+
+    gw = await floodgate(plugins=[KeyAuth(), Observer()])
+    await gw.openai(api_key="good").chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    with pytest.raises(openai.AuthenticationError):
+        await gw.openai(api_key="bad").chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    assert seen == ["shop-bot", "anonymous"]
+    # Admin endpoints use the same hook: details for admins, names only for others.
+    plain = await (await gw.client.get("/-/plugins", headers={"Authorization": "Bearer good"})).json()
+    assert plain["plugins"][0] == {"name": "core"}
+    admin = await (await gw.client.get("/-/plugins", headers={"Authorization": "Bearer admin"})).json()
+    assert "proxy_route" in admin["plugins"][0]["hooks"]
+    assert (await gw.client.get("/-/plugins")).status == 401
+
+
+async def test_auth_failing_with_a_bug_fails_closed(floodgate, mock_upstream):
+    class Broken:
+        name = "broken"
+
+        @hookimpl
+        def proxy_authenticate(self, ctx):
+            raise KeyError("boom")
+
+    gw = await floodgate(plugins=[Broken()])
+    with pytest.raises(openai.InternalServerError) as info:
+        await gw.openai().chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    assert "boom" not in info.value.message and "Traceback" not in info.value.message
+    assert mock_upstream.stats.total == 0
+
+
+async def test_hook_proxy_short_circuit(floodgate, mock_upstream, openai_schema):
+    class Canned:
+        name = "canned"
+
+        @hookimpl
+        async def proxy_short_circuit(self, ctx):
+            if "营业时间" in ctx.last_user_text():
+                return Reply("我们的客服时间是每天 9:00-21:00。", source="test/hours")
+
+    gw = await floodgate(plugins=[Canned()])
+    client = gw.openai()
+    ask = [{"role": "user", "content": "你们营业时间是?"}]
+    raw = await client.chat.completions.with_raw_response.create(model="gpt-4.1", messages=ask)
+    assert raw.headers["x-floodgate-short-circuit"] == "test/hours"
+    assert raw.parse().choices[0].message.content == "我们的客服时间是每天 9:00-21:00。"
+    resp = await gw.client.post("/v1/chat/completions", json={"model": "gpt-4.1", "messages": ask})
+    openai_schema("CreateChatCompletionResponse", await resp.json())
+
+    stream = await client.chat.completions.create(model="gpt-4.1", messages=ask, stream=True,
+                                                  stream_options={"include_usage": True})
+    chunks = [c async for c in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "我们的客服时间是每天 9:00-21:00。"
+    assert chunks[-1].usage.completion_tokens > 0
+    resp = await gw.client.post("/v1/chat/completions", json={"model": "gpt-4.1", "messages": ask, "stream": True})
+    for line in (await resp.text()).split("\n\n"):
+        if line.startswith("data: {"):
+            import json
+            openai_schema("CreateChatCompletionStreamResponse", json.loads(line[6:]))
+
+    completion = await client.completions.create(model="gpt-4.1", prompt="营业时间")
+    assert completion.choices[0].text.startswith("我们的客服时间")
+    resp = await gw.client.post("/v1/completions", json={"model": "gpt-4.1", "prompt": "营业时间"})
+    openai_schema("CreateCompletionResponse", await resp.json())
+    assert mock_upstream.stats.total == 0
+
+
+async def test_hook_proxy_route(floodgate, mock_upstream):
+    class Cheapest:
+        name = "cheapest"
+
+        @hookimpl
+        def proxy_route(self, ctx):
+            if ctx.model == "auto":
+                target = ctx.config.target("deepseek-v3.2").with_overrides(max_tokens=7)
+                return Route("cheap", (target,))
+
+        @hookimpl
+        def proxy_route_names(self, config):
+            return ["auto"]
+
+    gw = await floodgate(plugins=[Cheapest()])
+    raw = await gw.openai().chat.completions.with_raw_response.create(model="auto", messages=MESSAGES)
+    assert raw.headers["x-floodgate-route"] == "cheap" and raw.headers["x-floodgate-model"] == "deepseek-v3.2"
+    sent = mock_upstream.stats.requests[-1].body
+    assert sent["model"] == "deepseek-v3.2" and sent["max_tokens"] == 7
+    # Without a plugin the core's default routes catalogue models only.
+    with pytest.raises(openai.NotFoundError):
+        await (await floodgate()).openai().chat.completions.create(model="auto", messages=MESSAGES)
+
+
+async def test_hook_proxy_admit(floodgate, mock_upstream):
+    class Closed:
+        name = "closed"
+
+        @hookimpl
+        async def proxy_admit(self, ctx):
+            ctx.response_headers["x-admit"] = "checked"
+            if ctx.principal.name != "shop-bot":
+                raise Rejection(429, "shop closed", code="rate_limit_exceeded", headers={"retry-after": "3"})
+
+    gw = await floodgate(plugins=[KeyAuth(), Closed()])
+    raw = await gw.openai(api_key="good").chat.completions.with_raw_response.create(model="gpt-4.1",
+                                                                                     messages=MESSAGES)
+    assert raw.headers["x-admit"] == "checked"
+    before = mock_upstream.stats.total
+    with pytest.raises(openai.RateLimitError) as info:
+        await gw.openai(api_key="admin").chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    assert info.value.response.headers["retry-after"] == "3"
+    assert info.value.response.headers["x-admit"] == "checked"
+    assert mock_upstream.stats.total == before
+
+
+async def test_hook_proxy_next_attempt(floodgate, mock_upstream):
+    class TwiceThenFallback:
+        name = "twice"
+
+        @hookimpl
+        def proxy_next_attempt(self, ctx):
+            if ctx.attempts and ctx.attempts[-1].ok:
+                return STOP
+            if len(ctx.attempts) < 2:
+                return Attempt(ctx.route.targets[0], delay=0.01)
+            if len(ctx.attempts) < 3:
+                return Attempt(ctx.config.target("gemini-2.5-flash"))
+            return STOP
+
+    mock_upstream.set_behaviour("gpt-4.1", fail_first=5, error_status=503)
+    gw = await floodgate(plugins=[TwiceThenFallback()])
+    raw = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4.1", messages=MESSAGES)
+    assert raw.headers["x-floodgate-attempts"] == "3"
+    assert raw.headers["x-floodgate-model"] == "gemini-2.5-flash"
+    assert mock_upstream.stats.by_model["gpt-4.1"] == 2
+
+
+async def test_hook_proxy_response(floodgate):
+    class Stamp:
+        name = "stamp"
+
+        @hookimpl
+        def proxy_response(self, ctx, response):
+            data = dict(response.data)
+            data["system_fingerprint"] = "floodgate-test"
+            response.replace(data)
+            ctx.response_headers["x-stamped"] = "yes"
+
+    gw = await floodgate(plugins=[Stamp()])
+    raw = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4.1", messages=MESSAGES)
+    assert raw.headers["x-stamped"] == "yes"
+    assert raw.parse().system_fingerprint == "floodgate-test"
+
+
+async def test_hook_proxy_stream_chunk(floodgate, monkeypatch):
+    class DropRole:
+        name = "droprole"
+
+        @hookimpl
+        def proxy_stream_chunk(self, ctx, chunk):
+            data = chunk.data
+            if data and data.get("choices") and data["choices"][0]["delta"].get("role"):
+                chunk.drop = True
+
+    gw = await floodgate(plugins=[DropRole()])
+    stream = await gw.openai().chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+    chunks = [c async for c in stream]
+    assert all(not c.choices[0].delta.role for c in chunks)
+
+    # Nobody implements it: events are relayed without ever being wrapped or parsed.
+    import proxy.relay
+    monkeypatch.setattr(proxy.relay, "StreamChunk", None)
+    gw = await floodgate()
+    stream = await gw.openai().chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+    assert len([c async for c in stream]) > 3
+
+
+async def test_hook_proxy_finished(floodgate, mock_upstream):
+    recorder = Recorder()
+    gw = await floodgate(plugins=[recorder, KeyAuth()], upstream={"timeouts": {"first_byte": 0.3, "total": 1}})
+    client = gw.openai(api_key="good")
+    await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    with pytest.raises(openai.AuthenticationError):
+        await gw.openai(api_key="nope").chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    mock_upstream.set_behaviour("gpt-4.1", hang=True)
+    with pytest.raises(openai.APIStatusError):
+        await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    statuses = [ctx.status for ctx in recorder.finished]
+    assert statuses == [200, 401, 504]
+    assert recorder.finished[0].usage.completion_tokens == 16 and not recorder.finished[0].usage_estimated
+    assert recorder.finished[2].attempts[0].error == "timeout"
+
+
+async def test_finished_runs_once_on_client_disconnect(floodgate, mock_upstream):
+    recorder = Recorder()
+    gw = await floodgate(plugins=[recorder])
+    mock_upstream.set_behaviour("gpt-4.1", tokens_per_second=40, completion_tokens=200)
+    resp = await gw.client.post("/v1/chat/completions",
+                                json={"model": "gpt-4.1", "messages": MESSAGES, "stream": True})
+    for _ in range(8):  # four events: role + three tokens
+        await resp.content.readline()
+    resp.close()  # the client goes away mid-stream
+    for _ in range(100):
+        if recorder.finished:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)
+    [ctx] = recorder.finished
+    assert ctx.client_disconnected and ctx.status == 499
+    assert ctx.usage_estimated and 0 < ctx.usage.completion_tokens < 200
+    # The upstream request was cancelled too: the mock stopped streaming.
+    assert mock_upstream.stats.total == 1
+
+
+async def test_observer_failure_changes_nothing(floodgate, caplog):
+    class Broken:
+        name = "broken"
+
+        @hookimpl
+        def proxy_finished(self, ctx):
+            raise RuntimeError("observer bug")
+
+    gw = await floodgate(plugins=[Broken()])
+    reply = await gw.openai().chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    assert reply.choices[0].message.content
+    assert "observer bug" in caplog.text
+
+
+# -- discovery ------------------------------------------------------------------
+
+def test_unknown_hook_fails_start_up():
+    class Typo:
+        name = "typo"
+
+        @hookimpl
+        def proxy_authenticat(self, ctx):
+            return None
+
+    with pytest.raises(ConfigErrors) as info:
+        create_app(config_from_dict(mock_config("http://127.0.0.1:9/v1")), plugins=[Typo()], builtins=(),
+                   entry_points=False)
+    assert "proxy_authenticat" in str(info.value)
+
+
+async def test_dotted_path_entry_point_and_disabled(floodgate, tmp_path, monkeypatch):
+    (tmp_path / "shop_plugin.py").write_text(
+        "from proxy import hookimpl, Reply\n"
+        "class ShopPlugin:\n"
+        "    name = 'shop'\n"
+        "    @hookimpl\n"
+        "    def proxy_short_circuit(self, ctx):\n"
+        "        return Reply('hi from shop', source='shop/all')\n"
+        "floodgate_plugin = ShopPlugin\n")
+    (tmp_path / "ep_plugin.py").write_text(
+        "from proxy import hookimpl\n"
+        "__version__ = '1.2.3'\n"
+        "@hookimpl\n"
+        "def proxy_finished(ctx):\n"
+        "    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(proxy.loader, "_entry_point_refs", lambda: [("ep", "ep_plugin")])
+    cfg = mock_config("http://127.0.0.1:9/v1")
+    cfg["plugins"] = {"modules": ["shop_plugin"], "disabled": ["accesslog"]}
+    cfg["server"]["access_log"] = True
+    app = create_app(config_from_dict(cfg), builtins=())
+    infos = {i.name: i for i in app[proxy.app.PLUGINS]}
+    assert infos["shop"].source == "config" and infos["shop"].hooks == ("proxy_short_circuit",)
+    assert infos["ep_plugin"].source == "entrypoint" and infos["ep_plugin"].version == "1.2.3"
+    assert "accesslog" not in infos and "core" in infos
+    cfg["plugins"]["disabled"] = ["core"]
+    with pytest.raises(ConfigErrors) as info:
+        create_app(config_from_dict(cfg), builtins=())
+    assert "cannot be disabled" in str(info.value)
+    sys.modules.pop("shop_plugin", None)
+    sys.modules.pop("ep_plugin", None)
+
+
+async def test_plugins_endpoint_lists_core_defaults(floodgate):
+    gw = await floodgate()
+    data = await (await gw.client.get("/-/plugins")).json()
+    by_name = {p["name"]: p for p in data["plugins"]}
+    assert by_name["core"]["hooks"] == ["proxy_authenticate", "proxy_next_attempt", "proxy_route"]
+    assert by_name["core"]["source"] == "core"
+    assert by_name["metrics"]["hooks"] == ["proxy_finished"]
+
+
+async def test_metrics_after_traffic(floodgate):
+    gw = await floodgate()
+    client = gw.openai()
+    await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    stream = await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+    [c async for c in stream]
+    with pytest.raises(openai.NotFoundError):
+        await client.chat.completions.create(model="nope", messages=MESSAGES)
+    text = await gw.metrics()
+    assert 'floodgate_requests_total{endpoint="chat/completions",model="gpt-4.1",status="200"} 2.0' in text
+    assert 'floodgate_requests_total{endpoint="chat/completions",model="-",status="404"} 1.0' in text
+    assert 'floodgate_proxy_overhead_seconds_count{endpoint="chat/completions"} 3.0' in text
+    assert 'floodgate_upstream_duration_seconds_count{model="gpt-4.1",outcome="ok",upstream="main"} 2.0' in text
+    assert 'floodgate_time_to_first_token_seconds_count{model="gpt-4.1"} 1.0' in text
+    assert "floodgate_in_flight_requests 0.0" in text
+    assert (await gw.client.get("/healthz")).status == 200
+    ready = await (await gw.client.get("/readyz")).json()
+    assert ready["status"] == "ready"
