@@ -95,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(mock)
     mock.set_defaults(func=_cmd_mock)
 
+    from .loadtest import add_arguments as add_loadtest_arguments
+    from .loadtest import run as run_loadtest
+
+    loadtest = sub.add_parser("loadtest", help="load-test a gateway (open or closed loop)",
+                              description="Open-loop (--rate) or closed-loop (--concurrency) load test of an "
+                                          "OpenAI-compatible /chat/completions endpoint, with a latency report. "
+                                          "It only sends to the --url it is given.")
+    add_loadtest_arguments(loadtest)
+    loadtest.set_defaults(func=run_loadtest)
+
     # Plugin commands (built-ins and entry points; config-listed modules need a config first).
     pm, _, errors = build_plugin_manager(core=[], builtins=BUILTIN_PLUGINS)
     for error in errors:

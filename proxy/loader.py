@@ -57,13 +57,28 @@ def plugin_name(obj: Any, ref: str) -> str:
     return module_name.rsplit(".", 1)[-1]
 
 
-def _version(obj: Any) -> str | None:
+class _Distributions:
+    """Top-level package → distribution names, scanned at most once per load (the scan is slow)."""
+
+    def __init__(self) -> None:
+        self._map: dict[str, list[str]] | None = None
+
+    def __call__(self, top: str) -> list[str]:
+        if self._map is None:
+            self._map = importlib.metadata.packages_distributions()
+        return self._map.get(top, [])
+
+
+def _version(obj: Any, distributions: _Distributions) -> str | None:
     version = getattr(obj, "__version__", None) or getattr(inspect.getmodule(obj), "__version__", None)
     if version:
         return str(version)
     module = inspect.getmodule(obj) or obj
     top = getattr(module, "__name__", "").split(".")[0]
-    for dist in importlib.metadata.packages_distributions().get(top, []):
+    if top in ("proxy", "plugins"):
+        from . import __version__
+        return __version__
+    for dist in distributions(top):
         try:
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -100,6 +115,7 @@ def build_plugin_manager(
         else:
             pm.set_blocked(name)
     infos: list[PluginInfo] = []
+    distributions = _Distributions()
 
     blocked_seen: set[str] = set()
 
@@ -113,7 +129,7 @@ def build_plugin_manager(
         pm.register(obj, name=name)
         module = getattr(inspect.getmodule(obj) or obj, "__name__", "?")
         hooks = tuple(sorted(h.name for h in pm.get_hookcallers(obj) or ()))
-        infos.append(PluginInfo(name, source, module, _version(obj), hooks))
+        infos.append(PluginInfo(name, source, module, _version(obj, distributions), hooks))
 
     for obj in core:
         register(obj, plugin_name(obj, type(obj).__module__), "core")

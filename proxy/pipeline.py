@@ -270,6 +270,8 @@ class Gateway:
                 last_error = exc
                 continue
             return response
+        if ctx.attempts:
+            self._set_route_headers(ctx, ctx.attempts[-1].target)
         if last_error is not None:
             raise last_error.to_rejection()
         raise Rejection(503, "no upstream is available for this model right now", code="no_upstream_available",
