@@ -1,0 +1,379 @@
+"""Cost accounting, per-key budgets and the usage ledger (the ``cost`` plugin).
+
+* **Cost** of a request = its usage priced with the catalogue price of the model
+  actually used (the last attempt's target): uncached prompt tokens at
+  ``input``, cached ones at ``cached_input`` (``input`` if unset), completion at
+  ``output``, all per million tokens. Short-circuits and requests that never
+  reached an upstream cost 0. Set on ``ctx.cost`` for the other observers and,
+  on non-streaming responses, sent as ``x-floodgate-cost-usd``.
+* **Budgets** per key, per UTC day and UTC month, from the principal's
+  ``settings["budget"]`` (``daily_usd``, ``monthly_usd``) or the plugin's
+  ``default_budget``. A key whose spending has reached a budget is refused at
+  admission with 429 ``insufficient_quota`` (``x-should-retry: false``). The
+  check is per request at admission: requests admitted while the key was
+  still under budget all run, so spending may overshoot by the cost of the
+  requests in flight. Spending is kept in memory and reloaded from the ledger
+  at start-up, so a restart does not reset it.
+* **Ledger**: one SQLite row per finished request, written in batches off the
+  hot path (:mod:`plugins.ledger`); ``floodgate usage`` and ``GET /-/usage``
+  summarise it.
+
+Example::
+
+    plugins:
+      cost:
+        default_budget: {daily_usd: 5, monthly_usd: 100}
+        ledger: {path: /var/lib/floodgate/usage.db}
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from pydantic import Field
+
+import proxy
+from proxy.cli import add_config_option
+from proxy.errors import error_response
+
+from .ledger import GROUPS, MEMORY, Ledger, Row, format_table, parse_since, periods, read_report
+
+log = logging.getLogger("floodgate.cost")
+
+__version__ = proxy.__version__  # a built-in: versioned with Floodgate
+
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+_ADJECTIVE = {"day": "daily", "month": "monthly"}
+
+
+class BudgetSettings(proxy.Settings):
+    """US dollars a key may spend per UTC calendar period; ``None`` = unlimited."""
+
+    daily_usd: NonNegativeFloat | None = None
+    monthly_usd: NonNegativeFloat | None = None
+
+
+class LedgerSettings(proxy.Settings):
+    enabled: bool = True
+    path: str = "usage.db"
+    batch_size: PositiveInt = 200
+    flush_interval_s: PositiveFloat = 1.0
+    warn_backlog: PositiveInt = 10_000
+
+
+class CostSettings(proxy.Settings):
+    default_budget: BudgetSettings = BudgetSettings()
+    ledger: LedgerSettings = LedgerSettings()
+
+
+class InvalidBudget(ValueError):
+    """A principal's ``budget`` setting is not a mapping of numbers."""
+
+
+def ledger_path(config: proxy.Config, settings: LedgerSettings) -> str:
+    """The ledger file as an absolute path (relative paths are relative to the working directory)."""
+    if settings.path == MEMORY:
+        return MEMORY
+    path = os.path.abspath(os.path.expanduser(settings.path))
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise config.error(("plugins", "cost", "ledger", "path"), f"directory {directory!r} does not exist")
+    if os.path.isdir(path):
+        raise config.error(("plugins", "cost", "ledger", "path"), f"{path!r} is a directory, not a file")
+    return path
+
+
+def _limit(budget: Mapping[str, Any], name: str, default: float | None) -> float | None:
+    if name not in budget:
+        return default
+    value = budget[name]
+    if value is None:
+        return None  # explicitly unlimited for this key, whatever the default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidBudget(f"budget.{name} must be a number")
+    return float(value)
+
+
+class CostPlugin:
+    """Prices every request, enforces budgets, keeps the usage ledger."""
+
+    name = "cost"
+
+    def __init__(self) -> None:
+        self.settings = CostSettings()
+        self.ledger: Ledger | None = None
+        self._prices: dict[str, proxy.Price] = {}
+        self._default: tuple[float | None, float | None] = (None, None)
+        self._spent_day: dict[str, float] = {}
+        self._spent_month: dict[str, float] = {}
+        self._budgets: dict[str, tuple[float | None, float | None]] = {}  # last seen, for the gauges
+        self._day_start = self._day_end = self._month_start = self._month_end = 0.0
+        self._series: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
+
+    # -- configuration -----------------------------------------------------------
+    @proxy.hookimpl
+    def proxy_configure(self, config: proxy.Config, registry: CollectorRegistry) -> None:
+        self.settings = settings = config.plugin_settings(self.name, CostSettings)
+        self._prices = {name: model.price for name, model in config.models.items()}
+        self._default = (settings.default_budget.daily_usd, settings.default_budget.monthly_usd)
+        ledger = settings.ledger
+        if ledger.enabled:
+            self.ledger = Ledger(ledger_path(config, ledger), batch_size=ledger.batch_size,
+                                 flush_interval=ledger.flush_interval_s, warn_backlog=ledger.warn_backlog)
+        self._roll(time.time())
+
+        self._tokens = Counter("floodgate_cost_tokens", "Tokens billed by upstreams, by model, key and type "
+                               "(prompt includes cached)", ["model", "key", "type"], registry=registry)
+        self._usd = Counter("floodgate_cost_usd", "US dollars spent, by model and key", ["model", "key"],
+                            registry=registry)
+        self._estimated = proxy.LabelCache(Counter(
+            "floodgate_cost_estimated", "Requests whose usage the gateway had to estimate", ["model"],
+            registry=registry))
+        self._remaining = proxy.LabelCache(Gauge(
+            "floodgate_cost_budget_remaining_usd", "US dollars left in a key's budget for the current period",
+            ["key", "period"], registry=registry))
+        self._rejected = proxy.LabelCache(Counter(
+            "floodgate_cost_budget_rejections", "Requests refused because a budget was used up",
+            ["key", "period"], registry=registry))
+        pending = Gauge("floodgate_cost_ledger_pending_rows", "Ledger rows waiting to be written",
+                        registry=registry)
+        pending.set_function(lambda: self.ledger.pending if self.ledger is not None else 0)
+
+    @proxy.hookimpl
+    def proxy_add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/-/usage", self._usage_endpoint)
+
+    @proxy.hookimpl
+    def proxy_add_commands(self, subparsers: argparse._SubParsersAction) -> None:
+        parser = subparsers.add_parser(
+            "usage", help="summarise the usage ledger",
+            description="Requests, tokens and cost from the cost plugin's usage ledger "
+                        "(plugins.cost.ledger.path in the config), grouped by key, model, route or day.")
+        add_config_option(parser)
+        parser.add_argument("--since", type=_since_arg, metavar="WHEN",
+                            help="only rows since a UTC date or date-time (2026-11-01, 2026-11-01T12:00) "
+                                 "or a span back from now (30m, 24h, 7d, 2w); default: all")
+        parser.add_argument("--by", choices=tuple(GROUPS), default="key", help="group rows by (default: key)")
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        parser.set_defaults(func=_cmd_usage)
+
+    # -- lifecycle -----------------------------------------------------------------
+    @proxy.hookimpl
+    async def proxy_startup(self, app: web.Application) -> None:
+        if self.ledger is None:
+            return
+        await self.ledger.open()
+        now = time.time()
+        self._roll(now)
+        for key, (day, month) in (await self.ledger.spent(self._month_start, self._day_start)).items():
+            self._spent_day[key] = day
+            self._spent_month[key] = month
+
+    @proxy.hookimpl
+    async def proxy_shutdown(self, app: web.Application) -> None:
+        if self.ledger is not None:
+            await self.ledger.close()
+
+    # -- per request ---------------------------------------------------------------
+    @proxy.hookimpl(tryfirst=True)  # refuse before waiting in a rate-limit queue
+    def proxy_admit(self, ctx: proxy.RequestContext) -> None:
+        principal = ctx.principal
+        try:
+            daily, monthly = self._limits(principal.settings)
+        except InvalidBudget as exc:
+            log.error("key %r: %s; refusing its requests", principal.name, exc)
+            raise proxy.Rejection(500, "the budget configured for this key is invalid",
+                                  code="invalid_budget", type="server_error", should_retry=False) from None
+        if daily is None and monthly is None:
+            return
+        now = time.time()
+        if now >= self._day_end:
+            self._roll(now)
+        key = principal.name
+        if daily is not None and self._spent_day.get(key, 0.0) >= daily:
+            self._refuse(key, "day", daily, self._day_end)
+        if monthly is not None and self._spent_month.get(key, 0.0) >= monthly:
+            self._refuse(key, "month", monthly, self._month_end)
+
+    @proxy.hookimpl
+    def proxy_response(self, ctx: proxy.RequestContext, response: proxy.UpstreamResponse) -> None:
+        ctx.response_headers["x-floodgate-cost-usd"] = f"{self._cost(ctx):.8f}"
+
+    @proxy.hookimpl(tryfirst=True)  # ctx.cost must be set before any other observer reads it
+    def proxy_finished(self, ctx: proxy.RequestContext) -> None:
+        now = time.time()
+        if now >= self._day_end:
+            self._roll(now)
+        key = ctx.principal.name
+        target = ctx.target
+        usage = ctx.usage
+        cost = self._cost(ctx)
+        ctx.cost = cost
+        if ctx.reply is None and target is not None and usage is not None and target.model in self._prices:
+            prompt, completion, cached, usd = self._children(target.model, key)
+            prompt.inc(usage.prompt_tokens)
+            completion.inc(usage.completion_tokens)
+            if usage.cached_tokens:
+                cached.inc(usage.cached_tokens)
+            usd.inc(cost)
+            if ctx.usage_estimated:
+                self._estimated(target.model).inc()
+        if cost:
+            self._spent_day[key] = self._spent_day.get(key, 0.0) + cost
+            self._spent_month[key] = self._spent_month.get(key, 0.0) + cost
+        self._update_gauges(key, ctx.principal.settings)
+        if self.ledger is not None:
+            route = ctx.route
+            reply = ctx.reply
+            self.ledger.append(Row(
+                ctx.request_id, now, key, ctx.model, target.model if target else None,
+                route.name if route else None, len(ctx.attempts),
+                usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
+                usage.cached_tokens if usage else 0, ctx.usage_estimated, cost, ctx.status,
+                ctx.timings.total * 1000.0, ctx.endpoint, reply.source if reply else None))
+
+    # -- helpers ---------------------------------------------------------------------
+    def _cost(self, ctx: proxy.RequestContext) -> float:
+        """The request's cost in USD (0 without an upstream or usage)."""
+        target = ctx.target
+        if ctx.reply is not None or target is None or ctx.usage is None:
+            return 0.0
+        price = self._prices.get(target.model)
+        return price.cost(ctx.usage) if price is not None else 0.0
+
+    def _limits(self, settings: Mapping[str, Any]) -> tuple[float | None, float | None]:
+        """(daily, monthly) budget of a key: its own values, else the plugin's default."""
+        budget = settings.get("budget")
+        if budget is None:
+            return self._default
+        if not isinstance(budget, Mapping):
+            raise InvalidBudget("budget must be a mapping")
+        return _limit(budget, "daily_usd", self._default[0]), _limit(budget, "monthly_usd", self._default[1])
+
+    def _refuse(self, key: str, period: str, budget: float, reset: float) -> None:
+        self._rejected(key, period).inc()
+        reset_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(reset))
+        raise proxy.Rejection(
+            429, f"Key {key!r} has used up its {_ADJECTIVE[period]} budget of ${budget:.6g}; it resets at {reset_at}.",
+            code="insufficient_quota", type="insufficient_quota", should_retry=False)
+
+    def _children(self, model: str, key: str) -> tuple[Any, Any, Any, Any]:
+        """(prompt, completion, cached) token counters and the USD counter: one lookup per request."""
+        children = self._series.get((model, key))
+        if children is None:
+            tokens = self._tokens
+            children = self._series[(model, key)] = (
+                tokens.labels(model, key, "prompt"), tokens.labels(model, key, "completion"),
+                tokens.labels(model, key, "cached"), self._usd.labels(model, key))
+        return children
+
+    def _update_gauges(self, key: str, settings: Mapping[str, Any]) -> None:
+        try:
+            limits = self._limits(settings)
+        except InvalidBudget:
+            return
+        if limits == (None, None):
+            return
+        self._budgets[key] = limits
+        self._set_remaining(key, limits)
+
+    def _set_remaining(self, key: str, limits: tuple[float | None, float | None]) -> None:
+        daily, monthly = limits
+        if daily is not None:
+            self._remaining(key, "day").set(max(0.0, daily - self._spent_day.get(key, 0.0)))
+        if monthly is not None:
+            self._remaining(key, "month").set(max(0.0, monthly - self._spent_month.get(key, 0.0)))
+
+    def _roll(self, now: float) -> None:
+        """Enter the UTC day (and maybe month) containing ``now``: its spending starts at 0."""
+        day_start, day_end, month_start, month_end = periods(now)
+        if month_start != self._month_start:
+            self._spent_month.clear()
+        if day_start != self._day_start:
+            self._spent_day.clear()
+        self._day_start, self._day_end, self._month_start, self._month_end = day_start, day_end, month_start, month_end
+        for key, limits in self._budgets.items():
+            self._set_remaining(key, limits)
+
+    async def _usage_endpoint(self, request: web.Request) -> web.Response:
+        """``GET /-/usage?since=24h&by=model``: the ledger summary as JSON (admins only)."""
+        try:
+            await proxy.require_admin(request)
+            by = request.query.get("by", "key")
+            if by not in GROUPS:
+                raise proxy.Rejection(400, f"'by' must be one of: {', '.join(GROUPS)}", param="by",
+                                      code="invalid_value", should_retry=False)
+            since_text = request.query.get("since")
+            try:
+                since = parse_since(since_text) if since_text else None
+            except ValueError as exc:
+                raise proxy.Rejection(400, f"'since': {exc}", param="since", code="invalid_value",
+                                      should_retry=False) from None
+            if self.ledger is None:
+                raise proxy.Rejection(404, "the usage ledger is disabled (plugins.cost.ledger.enabled)",
+                                      code="ledger_disabled", should_retry=False)
+        except proxy.Rejection as rejection:
+            return error_response(rejection)
+        report = await self.ledger.report(since=since, by=by)
+        return web.Response(body=orjson.dumps(report), content_type="application/json")
+
+
+def _since_arg(text: str) -> float:
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cmd_usage(args: argparse.Namespace) -> int:
+    """``floodgate usage``: print the ledger summary (table or JSON)."""
+    try:
+        config = proxy.load_config(args.config)
+        settings = config.plugin_settings(CostPlugin.name, CostSettings)
+        path = ledger_path(config, settings.ledger) if settings.ledger.enabled else MEMORY
+    except proxy.ConfigErrors as exc:
+        errors = exc.errors
+    except proxy.ConfigError as exc:
+        errors = [exc]
+    else:
+        errors = []
+    if errors:
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
+        return 1
+    if not settings.ledger.enabled:
+        print("error: the usage ledger is disabled (plugins.cost.ledger.enabled: false)", file=sys.stderr)
+        return 1
+    if path == MEMORY:
+        print("error: an in-memory ledger (:memory:) can only be read through GET /-/usage", file=sys.stderr)
+        return 1
+    try:
+        report = read_report(path, since=args.since, by=args.by)
+    except FileNotFoundError:
+        print(f"error: no usage ledger at {path} (nothing recorded yet?)", file=sys.stderr)
+        return 1
+    except sqlite3.DatabaseError as exc:
+        print(f"error: cannot read the usage ledger {path}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_table(report))
+    return 0
+
+
+floodgate_plugin = CostPlugin
