@@ -170,6 +170,8 @@ class Config:
         self._plugin_blocks: dict[str, Any] = dict(settings.plugins.model_extra or {})
         self._claimed: set[str] = set()
         self._targets = {name: self._build_target(name) for name in self.models}
+        #: Route names plugins declared (``proxy_route_names``); filled in by ``create_app``.
+        self.route_names: frozenset[str] = frozenset()
 
     # -- plugins ------------------------------------------------------------
     @property
@@ -249,6 +251,7 @@ class Config:
 
     def check_aliases(self, route_names: set[str]) -> None:
         """Every alias must name a catalogue model or a route a plugin declared."""
+        self.route_names = frozenset(route_names)
         errors = [
             self.error(("aliases", alias), f"{target!r} is neither a catalogue model nor a route "
                        f"(known routes: {', '.join(sorted(route_names)) or 'none'})")

@@ -421,7 +421,8 @@ class Gateway:
         model_id = request.match_info.get("model_id")
         if model_id is None:
             body = model_list(self.config)
-        elif self.config.resolve(model_id) is not None or model_id in self.config.aliases:
+        elif (self.config.resolve(model_id) is not None or model_id in self.config.aliases
+              or model_id in self.config.route_names):
             ctx.model = model_id
             body = orjson.dumps(model_object(model_id))
         else:

@@ -87,6 +87,8 @@ def model_object(model_id: str, owned_by: str = "floodgate") -> dict[str, Any]:
 
 
 def model_list(config: Config) -> bytes:
-    """``GET /v1/models``: the catalogue plus the aliases clients may ask for."""
-    ids = list(config.models) + [a for a in config.aliases if a not in config.models]
+    """``GET /v1/models``: the catalogue plus the aliases and routes clients may ask for."""
+    ids = list(config.models)
+    ids += [a for a in config.aliases if a not in config.models]
+    ids += sorted(r for r in config.route_names if r not in config.models and r not in config.aliases)
     return orjson.dumps({"object": "list", "data": [model_object(i) for i in ids]})

@@ -10,6 +10,7 @@ cost per chat message.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .types import content_text
@@ -19,10 +20,8 @@ MESSAGE_OVERHEAD = 4
 IMAGE_TOKENS = 85  # OpenAI's low-detail image cost: a floor for unknown sizes
 
 
-def _is_wide(ch: str) -> bool:
-    # CJK ideographs, kana, hangul and full-width forms: about one token each.
-    o = ord(ch)
-    return (0x2E80 <= o <= 0x9FFF) or (0xAC00 <= o <= 0xD7AF) or (0xF900 <= o <= 0xFAFF) or (0xFF00 <= o <= 0xFFEF)
+# CJK ideographs, kana, hangul and full-width forms: about one token each.
+_WIDE = re.compile("[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 
 
 def estimate_text_tokens(text: str) -> int:
@@ -31,7 +30,7 @@ def estimate_text_tokens(text: str) -> int:
         return 0
     if text.isascii():
         return max(1, (len(text) + 3) // 4)
-    wide = sum(1 for ch in text if _is_wide(ch))
+    wide = len(_WIDE.findall(text))
     rest = len(text) - wide
     return wide + (rest + 3) // 4
 

@@ -519,3 +519,18 @@ async def test_metrics_after_traffic(floodgate):
     assert (await gw.client.get("/healthz")).status == 200
     ready = await (await gw.client.get("/readyz")).json()
     assert ready["status"] == "ready"
+
+
+async def test_declared_routes_are_listed_as_models(floodgate):
+    class Tiers:
+        name = "tiers"
+
+        @hookimpl
+        def proxy_route_names(self, config):
+            return ["auto", "simple"]
+
+    gw = await floodgate(plugins=[Tiers()], aliases={"gpt-4o-mini": "auto"})
+    client = gw.openai()
+    ids = [m.id for m in (await client.models.list()).data]
+    assert ids[-3:] == ["gpt-4o-mini", "auto", "simple"]
+    assert (await client.models.retrieve("simple")).id == "simple"
