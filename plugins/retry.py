@@ -43,7 +43,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import Field
 from prometheus_client import CollectorRegistry, Counter, Gauge

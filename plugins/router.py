@@ -441,9 +441,15 @@ class RouterPlugin:
         ctx.state["router.rule"] = decision.rule
         ctx.state["router.decision"] = decision
         ctx.response_headers[RULE_HEADER] = decision.rule
-        assert self._decisions is not None
-        self._decisions(decision.route, decision.rule).inc()
         return proxy.Route(name=decision.route, targets=targets)
+
+    @proxy.hookimpl
+    def proxy_finished(self, ctx: proxy.RequestContext) -> None:
+        # Counted here, not in proxy_route: other plugins may ask the route hooks
+        # what a request *would* get (the FAQ plugin prices its savings that way).
+        decision = ctx.state.get("router.decision")
+        if decision is not None and self._decisions is not None:
+            self._decisions(decision.route, decision.rule).inc()
 
     def _forced_tier(self, ctx: proxy.RequestContext, tier: str) -> str:
         # Refused rather than ignored: a client that asks to force a tier must

@@ -105,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_loadtest_arguments(loadtest)
     loadtest.set_defaults(func=run_loadtest)
 
+    from .demo import add_arguments as add_demo_arguments
+    from .demo import run as run_demo
+
+    demo = sub.add_parser("demo", help="see every plugin at work (mock upstream, no network)",
+                          description="Start the mock upstream and the gateway on free local ports with the "
+                                      "shipped config, send a scripted set of requests through the openai SDK "
+                                      "and show what happened to each, then the cost table.")
+    add_demo_arguments(demo)
+    demo.set_defaults(func=run_demo)
+
     # Plugin commands (built-ins and entry points; config-listed modules need a config first).
     pm, _, errors = build_plugin_manager(core=[], builtins=BUILTIN_PLUGINS)
     for error in errors:

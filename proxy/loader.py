@@ -26,7 +26,14 @@ from . import hookspecs
 from .errors import ConfigError
 
 #: The built-in plugins, in registration order.
-BUILTIN_PLUGINS: tuple[str, ...] = ()
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "plugins.auth",
+    "plugins.faq",
+    "plugins.router",
+    "plugins.ratelimit",
+    "plugins.retry",
+    "plugins.cost",
+)
 ENTRY_POINT_GROUP = "floodgate"
 #: Plugins that cannot be disabled: without them the core has no defaults.
 REQUIRED = frozenset({"core"})

@@ -42,8 +42,9 @@ __all__ = [
 
 DEFAULT_MODELS = ["deepseek-v3.2", "gemini-2.5-flash", "gpt-4.1", "claude-sonnet-4.5",
                   "text-embedding-3-small"]
-# One piece = one token: single CJK characters or one space-prefixed word.
-_PIECES = ("你", "好", " flood", " gate", "网", "关", " mock", " reply", "流", " tokens")
+# One piece = one token under count_tokens: single CJK characters, single full-width
+# punctuation marks (between CJK characters) and space-prefixed words.
+_PIECES = tuple("您好，这是模拟的客服回答。") + (" (floodgate", " mock)") + tuple("您的问题已收到，正在为您处理，请稍候。")
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _TOKEN_RE = re.compile(rf"[{_CJK}]|[^\s{_CJK}]+")
 _HANG_CAP_S = 3600.0

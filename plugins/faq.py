@@ -1,0 +1,315 @@
+"""Rule-based FAQ: answer common questions from the config, without any upstream call.
+
+Settings (``plugins.faq``)::
+
+    plugins:
+      faq:
+        case_sensitive: false          # English keywords match in any case (default)
+        rules:
+          - name: opening-hours
+            any: [营业时间, 几点开门, 几点关门, opening hours]
+            max_length: 30             # only short questions
+            answer: 客服在线时间为每天 9:00-22:00。
+
+A rule matches the **last user message** (the prompt for ``/v1/completions``)
+when all of these hold: one of ``any`` occurs in it, every one of ``all``
+occurs, ``regex`` matches (``re.search``; case-insensitive unless
+``case_sensitive``), none of ``exclude`` occurs, and it is at most
+``max_length`` characters. A rule needs at least one of ``any``,
+``all`` or ``regex``; keywords are substrings, so they work for Chinese. Rules
+are tried in config order and the first that matches answers; the core renders
+the answer as a ``chat.completion``/``text_completion`` or as an SSE stream.
+
+The plugin never answers when the reply could break the client: the last
+message is not the user's (e.g. a tool result), ``n`` > 1, ``logprobs`` was
+asked for, ``response_format`` is not text, or ``tool_choice`` forces a tool call.
+
+Matching is precomputed: all keywords of all rules form one trie-shaped regular
+expression, so a message that mentions no keyword costs one regex scan in C, not
+one check per rule (about 2-6 µs per request with 200 rules on short messages).
+Only the rules of the keywords found are then checked. Rules with only a
+``regex`` cost one regex search each per request: prefer keywords.
+
+Metrics: ``floodgate_faq_hits_total{rule}`` and
+``floodgate_faq_saved_usd_total{model}``: the (estimated) tokens of each answer
+priced at the model the request would otherwise have used, found by calling the
+``proxy_route`` hooks after the response on a copy of the context (``ctx.route``,
+``ctx.state`` and the response headers are left alone). A route plugin that
+counts its decisions inside ``proxy_route`` counts these too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Awaitable, Iterable
+from typing import Annotated, Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+from pydantic import Field, field_validator
+
+import proxy
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Stored in ``ctx.state`` for the request the plugin answered: the rule's name.
+STATE_RULE = "faq.rule"
+
+Keyword = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class RuleSettings(proxy.Settings):
+    name: str
+    any: list[Keyword] = Field(default_factory=list)
+    all: list[Keyword] = Field(default_factory=list)
+    regex: str | None = None
+    exclude: list[Keyword] = Field(default_factory=list)
+    max_length: Annotated[int, Field(gt=0)] | None = None
+    answer: Annotated[str, Field(min_length=1)]
+    model: Annotated[str, Field(min_length=1)] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError("must be 1-64 characters: ASCII letters, digits and . _ - (it is sent in a "
+                             "response header and used as a metric label)")
+        return value
+
+
+class FaqSettings(proxy.Settings):
+    rules: list[RuleSettings] = Field(default_factory=list)
+    case_sensitive: bool = False
+
+
+class Rule:
+    """One compiled rule; its keywords are lower-cased unless matching is case-sensitive."""
+
+    __slots__ = ("all", "any", "exclude", "max_length", "name", "regex", "reply")
+
+    def __init__(self, settings: RuleSettings, regex: re.Pattern[str] | None, fold: bool) -> None:
+        norm = str.lower if fold else str
+        self.name = settings.name
+        self.any = frozenset(map(norm, settings.any))
+        self.all = frozenset(map(norm, settings.all))
+        self.exclude = tuple(dict.fromkeys(map(norm, settings.exclude)))
+        self.regex = regex
+        self.max_length = settings.max_length
+        # Built once: a hit allocates nothing.
+        self.reply = proxy.Reply(content=settings.answer, source=f"faq/{settings.name}", model=settings.model)
+
+    def matches(self, text: str, folded: str, present: frozenset[str] | set[str]) -> bool:
+        """Whether the rule answers ``text`` (``folded``: normalised) given the keywords present."""
+        if self.max_length is not None and len(text) > self.max_length:
+            return False
+        if self.any and self.any.isdisjoint(present):
+            return False
+        if self.all and not self.all <= present:
+            return False
+        for word in self.exclude:
+            if word in folded:
+                return False
+        return self.regex is None or self.regex.search(text) is not None
+
+
+def trie_regex(words: Iterable[str]) -> str:
+    """A regex matching any of ``words``, shaped as a trie.
+
+    At any position it matches the longest word starting there (longer branches
+    are tried first), and it begins with a plain alternation of literals, which
+    lets the regex engine skip positions whose character starts no word.
+    """
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def build(node: dict[str, Any]) -> str:
+        branches = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        if "" in node:  # a word ends here: longer words are optional continuations
+            body = f"(?:{body})?"
+        return body
+
+    return build(trie)
+
+
+class Matcher:
+    """All rules, compiled for a cheap no-match path."""
+
+    def __init__(self, rules: list[Rule], fold: bool) -> None:
+        self.rules = rules
+        words = sorted({w for r in rules for w in (*r.any, *r.all)})
+        # Lower-casing the message is only needed if some keyword has letters with a case.
+        cased = [w for w in (*words, *(x for r in rules for x in r.exclude)) if w != w.upper()]
+        self.fold = fold and bool(cased)
+        # Longer messages than every rule's max_length are answered by none: one len() check.
+        limits = [r.max_length for r in rules]
+        self.longest = max(limits) if None not in limits else None  # type: ignore[type-var]
+        self.scan = re.compile(trie_regex(words)).search if words else None
+        # Every word, with the words it contains: a match of the longest word at each
+        # position then accounts for every word that occurs (see ``present``).
+        known = frozenset(words)
+        self.contains = {w: frozenset(w[i:j] for i in range(len(w)) for j in range(i + 1, len(w) + 1)
+                                      if w[i:j] in known) for w in words}
+        by_word: dict[str, list[int]] = {}
+        for i, rule in enumerate(rules):
+            for w in rule.any | rule.all:
+                by_word.setdefault(w, []).append(i)
+        self.by_word = {w: tuple(indexes) for w, indexes in by_word.items()}
+        self.regex_only = tuple(i for i, r in enumerate(rules) if not r.any and not r.all)
+
+    def present(self, folded: str) -> set[str] | None:
+        """The keywords occurring in ``folded``, or ``None`` if none does.
+
+        Searching again from one character after each match start visits every position
+        where a keyword starts; there the trie regex finds the longest keyword, and every
+        shorter keyword starting at that position is contained in it.
+        """
+        scan = self.scan
+        if scan is None:
+            return None
+        m = scan(folded)
+        if m is None:
+            return None
+        contains = self.contains
+        found: set[str] = set()
+        while m is not None:
+            found |= contains[m.group()]
+            m = scan(folded, m.start() + 1)
+        return found
+
+    def match(self, text: str) -> Rule | None:
+        """The first rule (in config order) that answers ``text``."""
+        if self.longest is not None and len(text) > self.longest:
+            return None
+        folded = text.lower() if self.fold else text
+        present = self.present(folded)
+        if present is None:
+            if not self.regex_only:
+                return None
+            candidates: Iterable[int] = self.regex_only
+            present = set()
+        else:
+            by_word = self.by_word
+            candidates = sorted({i for w in present for i in by_word[w]}.union(self.regex_only))
+        rules = self.rules
+        for i in candidates:
+            rule = rules[i]
+            if rule.matches(text, folded, present):
+                return rule
+        return None
+
+
+def _unsafe_to_answer(body: dict[str, Any]) -> bool:
+    """Request features a canned single text answer would not honour."""
+    messages = body.get("messages")
+    if messages is not None:
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        if not isinstance(last, dict) or last.get("role") != "user":
+            return True  # e.g. the model must read a tool result
+    n = body.get("n")
+    if n is not None and n != 1:
+        return True
+    if body.get("logprobs"):
+        return True
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type", "text") != "text":
+        return True
+    choice = body.get("tool_choice")
+    return choice == "required" or isinstance(choice, dict)
+
+
+class FaqPlugin:
+    """Short-circuits requests whose last user message matches a configured rule."""
+
+    name = "faq"
+
+    def __init__(self) -> None:
+        self.matcher: Matcher | None = None
+        self.hooks: Any = None
+        self.hits: Any = None
+        self.saved: Any = None
+
+    @proxy.hookimpl
+    def proxy_configure(self, config: proxy.Config, registry: CollectorRegistry) -> None:
+        settings = config.plugin_settings(self.name, FaqSettings)
+        fold = not settings.case_sensitive
+        errors: list[proxy.ConfigError] = []
+        seen: dict[str, int] = {}
+        rules: list[Rule] = []
+        for i, entry in enumerate(settings.rules):
+            path = ("plugins", self.name, "rules", i)
+            if entry.name in seen:
+                errors.append(config.error((*path, "name"), f"duplicate rule name {entry.name!r} "
+                                           f"(also rules.{seen[entry.name]}.name)"))
+            seen.setdefault(entry.name, i)
+            if not (entry.any or entry.all or entry.regex):
+                errors.append(config.error(path, "a rule needs at least one of any, all or regex"))
+            regex = None
+            if entry.regex is not None:
+                try:
+                    regex = re.compile(entry.regex, re.IGNORECASE if fold else 0)
+                except re.error as exc:
+                    errors.append(config.error((*path, "regex"), f"invalid regular expression: {exc}"))
+            rules.append(Rule(entry, regex, fold))
+        if errors:
+            raise proxy.ConfigErrors(errors)
+        self.matcher = Matcher(rules, fold) if rules else None
+        self.hits = proxy.LabelCache(Counter(
+            "floodgate_faq_hits", "Requests answered by an FAQ rule", ["rule"], registry=registry))
+        for rule in rules:
+            self.hits(rule.name)  # every rule shows up, with 0, before its first hit
+        self.saved = proxy.LabelCache(Counter(
+            "floodgate_faq_saved_usd", "Estimated US dollars saved by FAQ answers, priced at the model "
+            "the request would have been routed to", ["model"], registry=registry))
+
+    @proxy.hookimpl
+    def proxy_startup(self, app: web.Application) -> None:
+        self.hooks = app[proxy.HOOKS]
+
+    @proxy.hookimpl
+    def proxy_short_circuit(self, ctx: proxy.RequestContext) -> proxy.Reply | None:
+        matcher = self.matcher
+        if matcher is None:
+            return None
+        rule = matcher.match(ctx.last_user_text())
+        if rule is None or _unsafe_to_answer(ctx.body):  # checked on hits only: misses stay cheap
+            return None
+        ctx.state[STATE_RULE] = rule.name
+        return rule.reply
+
+    @proxy.hookimpl
+    def proxy_finished(self, ctx: proxy.RequestContext) -> Awaitable[None] | None:
+        # Synchronous for every request; only the ones answered here return a coroutine
+        # (the dispatcher awaits it), so misses do not pay for one.
+        rule = ctx.state.get(STATE_RULE)
+        if rule is None or ctx.reply is None or not ctx.reply.source.startswith("faq/"):
+            return None
+        self.hits(rule).inc()
+        return self._account_saving(ctx)
+
+    async def _account_saving(self, ctx: proxy.RequestContext) -> None:
+        """Price the answer at the route the request would have taken (``ctx.route`` untouched)."""
+        if ctx.usage is None or self.hooks is None:
+            return
+        # On a copy: route hooks may note things in ctx.state or response headers, which
+        # must not show up in the record of a request that was never routed.
+        probe = dataclasses.replace(ctx, state={}, response_headers={}, attempts=[])
+        try:
+            route = await self.hooks.first_result("proxy_route", ctx=probe)
+        except proxy.Rejection:  # an unknown model: nothing would have been spent
+            return
+        if route is None or not route.targets:
+            return
+        model = route.targets[0].model
+        price = ctx.config.price(model)
+        if price is not None:
+            self.saved(model).inc(price.cost(ctx.usage))
+
+
+floodgate_plugin = FaqPlugin
