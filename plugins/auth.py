@@ -79,7 +79,7 @@ def _secret(value: Any) -> Any:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ValueError("must be a string (quote it in YAML)")  # noqa: TRY004 (pydantic wants ValueError)
+        raise ValueError("must be a string (quote it in YAML)")
     if len(value) < MIN_KEY_LENGTH:
         raise ValueError(f"must be at least {MIN_KEY_LENGTH} characters"
                          + (" (is its environment variable set?)" if not value else ""))

@@ -45,8 +45,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Annotated
 
-from pydantic import Field
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from pydantic import Field
 
 import proxy
 

@@ -33,5 +33,6 @@ __all__ = [
     "ANONYMOUS", "STOP", "Attempt", "AttemptRecord", "CONFIG", "Config", "ConfigError", "ConfigErrors",
     "HOOKS", "LabelCache", "Price", "Principal", "REGISTRY", "Rejection", "Reply", "RequestContext", "Route",
     "Settings", "Stop", "StreamChunk", "Target", "Timings", "UPSTREAMS", "UpstreamResponse", "Usage",
-    "authenticate", "create_app", "require_admin", "estimate_prompt_tokens", "estimate_text_tokens", "hookimpl", "load_config", "parse_config",
+    "authenticate", "create_app", "estimate_prompt_tokens", "estimate_text_tokens", "hookimpl", "load_config",
+    "parse_config", "require_admin",
 ]

@@ -157,7 +157,9 @@ async def _run(config_path: Path, printer: Printer) -> int:
         # 2. Router tiers
         p.step(2, "Complexity router", "plugins.router sends easy questions to the cheap model and hard ones"
                                        " to the strong one.")
-        for text in ("我的订单什么时候发货?", "这款手机和那款有什么区别?", "为什么我的优惠券没用上?帮我计算一下怎么凑单最划算"):
+        questions = ("我的订单什么时候发货?", "这款手机和那款有什么区别?",
+                     "为什么我的优惠券没用上?帮我计算一下怎么凑单最划算")
+        for text in questions:
             before = mock.stats.total
             p.said("customer:", text)
             show(*await ask(shop, text), upstream_before=before)
@@ -183,7 +185,8 @@ async def _run(config_path: Path, printer: Printer) -> int:
         async def one(i: int) -> tuple[int, int, float, str]:
             started = time.perf_counter()
             try:
-                await trial.chat.completions.create(model="auto", messages=[{"role": "user", "content": f"订单{i}发货了吗"}])
+                await trial.chat.completions.create(
+                    model="auto", messages=[{"role": "user", "content": f"订单{i}发货了吗"}])
                 return i, 200, time.perf_counter() - started, ""
             except openai.RateLimitError as exc:
                 return i, 429, time.perf_counter() - started, exc.response.headers.get("retry-after", "")
@@ -191,8 +194,10 @@ async def _run(config_path: Path, printer: Printer) -> int:
         results = await asyncio.gather(*(one(i) for i in range(10)))
         line = []
         for _i, status, elapsed, retry_after in sorted(results, key=lambda r: r[2]):
-            mark = p.green(f"200 after {elapsed * 1000:.0f}ms") if status == 200 else p.red(f"429 retry-after={retry_after}s")
-            line.append(mark)
+            if status == 200:
+                line.append(p.green(f"200 after {elapsed * 1000:.0f}ms"))
+            else:
+                line.append(p.red(f"429 retry-after={retry_after}s"))
         for k in range(0, len(line), 5):
             print("   " + "  ".join(line[k:k + 5]))
         ok = sum(1 for r in results if r[1] == 200)
@@ -203,7 +208,8 @@ async def _run(config_path: Path, printer: Printer) -> int:
         # 5. Keys
         p.step(5, "Keys", "plugins.auth: unknown keys get 401, a key asking for a model it may not use gets 403;"
                           " neither is retried by the SDK.")
-        for label, c, model in (("unknown key", client("sk-stolen"), "auto"), ("trial key → gpt-4.1", trial, "gpt-4.1")):
+        attempts = (("unknown key", client("sk-stolen"), "auto"), ("trial key → gpt-4.1", trial, "gpt-4.1"))
+        for label, c, model in attempts:
             try:
                 await c.chat.completions.create(model=model, messages=[{"role": "user", "content": "你好"}])
                 p.said(f"{label}:", p.red("unexpectedly allowed"))
@@ -258,7 +264,8 @@ async def _run(config_path: Path, printer: Printer) -> int:
 
 def _print_table(p: Printer, report: dict[str, Any]) -> None:
     head = (f"by {report['by']}", "requests", "tokens in", "tokens out", "cost USD")
-    rows = [(str(g["group"]) if g["group"] not in ("-", None) else "(no upstream)", str(g["requests"]), str(g["prompt_tokens"]), str(g["completion_tokens"]),
+    rows = [(str(g["group"]) if g["group"] not in ("-", None) else "(no upstream)",
+             str(g["requests"]), str(g["prompt_tokens"]), str(g["completion_tokens"]),
              f"{g['cost_usd']:.6f}") for g in report["groups"]]
     t = report["total"]
     total = ("total", str(t["requests"]), str(t["prompt_tokens"]), str(t["completion_tokens"]), f"{t['cost_usd']:.6f}")

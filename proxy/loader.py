@@ -6,9 +6,10 @@ the ``floodgate`` entry-point group, then the dotted paths listed under
 built-in plugin is registered exactly like a third-party one.
 
 A reference is ``"package.module"`` or ``"package.module:attribute"``. A module
-that defines ``floodgate_plugin`` (a class) is registered as an instance of it; a referenced class is instantiated with no arguments;
-anything else (a module, an instance) is registered as it is. Plugin objects
-are created per application, so their state is never shared between apps.
+that defines ``floodgate_plugin`` (a class) is registered as an instance of it;
+a referenced class is instantiated with no arguments; anything else (a module,
+an instance) is registered as it is. Plugin objects are created per application,
+so their state is never shared between apps.
 """
 
 from __future__ import annotations

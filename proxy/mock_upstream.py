@@ -44,7 +44,7 @@ DEFAULT_MODELS = ["deepseek-v3.2", "gemini-2.5-flash", "gpt-4.1", "claude-sonnet
                   "text-embedding-3-small"]
 # One piece = one token under count_tokens: single CJK characters, single full-width
 # punctuation marks (between CJK characters) and space-prefixed words.
-_PIECES = tuple("您好，这是模拟的客服回答。") + (" (floodgate", " mock)") + tuple("您的问题已收到，正在为您处理，请稍候。")
+_PIECES = (*"您好，这是模拟的客服回答。", " (floodgate", " mock)", *"您的问题已收到，正在为您处理，请稍候。")
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _TOKEN_RE = re.compile(rf"[{_CJK}]|[^\s{_CJK}]+")
 _HANG_CAP_S = 3600.0

@@ -369,7 +369,8 @@ class Gateway:
             await response.prepare(request)
             await response.write(first)
             ctx.timings.first_byte = time.perf_counter()
-            deadline = asyncio.get_running_loop().time() + max(0.0, total_timeout - (time.perf_counter() - record.started))
+            remaining = max(0.0, total_timeout - (time.perf_counter() - record.started))
+            deadline = asyncio.get_running_loop().time() + remaining
             try:
                 async with asyncio.timeout_at(deadline):
                     while True:

@@ -50,7 +50,8 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
             for call in message.get("tool_calls") or ():
                 if isinstance(call, dict):
                     fn = call.get("function") or {}
-                    total += estimate_text_tokens(str(fn.get("name", ""))) + estimate_text_tokens(str(fn.get("arguments", "")))
+                    total += estimate_text_tokens(str(fn.get("name", "")))
+                    total += estimate_text_tokens(str(fn.get("arguments", "")))
         tools = body.get("tools")
         if isinstance(tools, list):
             total += sum(estimate_text_tokens(str(t)) for t in tools)

@@ -198,11 +198,14 @@ class Upstreams:
         except TimeoutError:
             raise UpstreamError("timeout", f"no response within {timeouts.first_byte:g}s") from None
         except aiohttp.ClientConnectorError as exc:
-            raise UpstreamError("connect", f"cannot connect to upstream {upstream!r}: {exc.os_error.strerror or exc.os_error}") from None
+            reason = exc.os_error.strerror or exc.os_error
+            raise UpstreamError("connect", f"cannot connect to upstream {upstream!r}: {reason}") from None
         except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-            raise UpstreamError("connect", f"upstream {upstream!r} closed the connection: {type(exc).__name__}") from None
+            raise UpstreamError("connect",
+                                f"upstream {upstream!r} closed the connection: {type(exc).__name__}") from None
         except aiohttp.ClientResponseError as exc:
-            raise UpstreamError("invalid_body", f"upstream {upstream!r} sent an invalid response: {exc.message}") from None
+            raise UpstreamError("invalid_body",
+                                f"upstream {upstream!r} sent an invalid response: {exc.message}") from None
         if response.status < 300:
             return response
         try:

@@ -233,7 +233,7 @@ async def test_generator_lag_counts_as_latency(mock: MockUpstream) -> None:
 
     async def stall() -> None:
         await asyncio.sleep(0.2)
-        time.sleep(0.25)  # block the event loop, as a CPU-starved generator would be
+        time.sleep(0.25)  # noqa: ASYNC251 - block the event loop, as a CPU-starved generator would be
 
     staller = asyncio.create_task(stall())
     result = await run_loadtest(options("--url", mock.url, "--key", KEY, "--rate", "50",

@@ -48,8 +48,8 @@ async def test_serve_finishes_in_flight_requests_on_sigterm(tmp_path):
         await _wait_ready(f"{base}/readyz", proc)
         async with aiohttp.ClientSession(headers={"Authorization": "Bearer fg-demo-key"}) as session:
             # A streamed answer takes ~0.3 s at the shipped mock's 80 tokens/s: SIGTERM arrives mid-stream.
-            async with session.post(f"{base}/v1/chat/completions", json={
-                    "model": "auto", "stream": True, "messages": [{"role": "user", "content": "我的快递到哪了"}]}) as resp:
+            body = {"model": "auto", "stream": True, "messages": [{"role": "user", "content": "我的快递到哪了"}]}
+            async with session.post(f"{base}/v1/chat/completions", json=body) as resp:
                 assert resp.status == 200
                 first = await resp.content.readline()
                 assert first.startswith(b"data: ")
