@@ -65,7 +65,7 @@ def create_app(
     hooks = Hooks(pm)
     upstreams = Upstreams(config)
     gateway = Gateway(config, hooks, upstreams, metrics)
-    app = web.Application(client_max_size=config.server.max_body_bytes + 1)
+    app = web.Application(client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
     app[PLUGIN_MANAGER] = pm
     app[PLUGINS] = infos

@@ -91,6 +91,10 @@ class Gateway:
                 await response.write_eof()
         except asyncio.CancelledError:
             self._disconnected(ctx)
+            if ctx.attempts and ctx.usage is None:
+                # The upstream saw the prompt before we cancelled it: account for it.
+                ctx.usage = Usage(estimate_prompt_tokens(ctx.body), 0)
+                ctx.usage_estimated = True
             raise
         except ConnectionResetError:
             self._disconnected(ctx)
@@ -120,13 +124,13 @@ class Gateway:
             raise Rejection(413, f"request body is larger than {self.max_body} bytes", code="request_too_large",
                             should_retry=False)
         try:
-            raw = await request.content.read(self.max_body + 1) if request.body_exists else b""
+            # Bounded by the application's client_max_size (max_body_bytes + 1).
+            ctx.raw = await request.read() if request.body_exists else b""
+        except web.HTTPRequestEntityTooLarge:
+            raise Rejection(413, f"request body is larger than {self.max_body} bytes", code="request_too_large",
+                            should_retry=False) from None
         except aiohttp.ClientError as exc:  # broken chunked upload
             raise Rejection(400, f"could not read the request body: {type(exc).__name__}") from None
-        if len(raw) > self.max_body:
-            raise Rejection(413, f"request body is larger than {self.max_body} bytes", code="request_too_large",
-                            should_retry=False)
-        ctx.raw = raw
 
     async def _parse(self, request: web.Request, ctx: RequestContext) -> None:
         if request.method != "POST":

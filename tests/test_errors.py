@@ -166,3 +166,11 @@ async def test_upstream_4xx_is_relayed_in_openai_shape(floodgate, mock_upstream,
     mock_upstream.set_behaviour("gpt-4.1", fail_first=1, error_status=400)
     resp = await gw.client.post("/v1/chat/completions", json={"model": "gpt-4.1", "messages": MESSAGES})
     await _error(resp, 400, openai_schema)
+
+
+async def test_large_body_arrives_whole(floodgate, mock_upstream):
+    gw = await floodgate()
+    text = "请帮我看看这个订单。" * 30000  # ~300 KB of UTF-8, many TCP segments
+    reply = await gw.openai().chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": text}])
+    assert reply.choices[0].message.content
+    assert mock_upstream.stats.requests[-1].body["messages"][0]["content"] == text

@@ -14,7 +14,17 @@ from pydantic import Field
 
 import proxy
 from proxy import (
-    STOP, Attempt, ConfigErrors, Principal, Rejection, Reply, Route, Settings, create_app, hookimpl, hookspecs,
+    STOP,
+    Attempt,
+    ConfigErrors,
+    Principal,
+    Rejection,
+    Reply,
+    Route,
+    Settings,
+    create_app,
+    hookimpl,
+    hookspecs,
 )
 from proxy.config import config_from_dict
 from proxy.testing import mock_config
