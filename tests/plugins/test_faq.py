@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import yaml
 
 import proxy
 from plugins.faq import FaqPlugin, Matcher, Rule, RuleSettings
@@ -46,45 +43,8 @@ async def start(floodgate: Any, rules: list[dict[str, Any]] = RULES, **kwargs: A
 
 # -- OpenAI's own schemas for the bodies the core renders for our replies -------------
 
-SPEC = Path(os.environ.get("OPENAI_SPEC", Path(__file__).resolve().parents[3] / "shared/openai-spec/openapi.yml"))
 
 
-def _openapi30_nullable(node: Any) -> None:
-    """Turn OpenAPI 3.0's ``nullable: true`` (used by this spec) into JSON Schema."""
-    if isinstance(node, dict):
-        for value in node.values():
-            _openapi30_nullable(value)
-        if node.pop("nullable", False):
-            if "type" in node:
-                node["type"] = [*(node["type"] if isinstance(node["type"], list) else [node["type"]]), "null"]
-                if "enum" in node:
-                    node["enum"] = [*node["enum"], None]
-            else:
-                inner = {k: node.pop(k) for k in list(node) if k not in ("description", "title")}
-                node["anyOf"] = [inner, {"type": "null"}]
-    elif isinstance(node, list):
-        for value in node:
-            _openapi30_nullable(value)
-
-
-@pytest.fixture(scope="module")
-def spec_validate() -> Any:
-    """``validate(schema_name, obj)``; like conftest's ``openai_schema`` but honouring ``nullable``
-    (stream chunks legitimately carry ``finish_reason: null``, ``usage: null``)."""
-    jsonschema = pytest.importorskip("jsonschema")
-    if not SPEC.exists():
-        pytest.skip(f"OpenAI's OpenAPI description not found at {SPEC} (set OPENAI_SPEC)")
-    with SPEC.open("rb") as fh:
-        components = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["components"]
-    _openapi30_nullable(components)
-
-    def validate(name: str, obj: dict[str, Any]) -> None:
-        if obj.get("system_fingerprint", "") is None:  # the core sends null; the spec says string
-            obj = {k: v for k, v in obj.items() if k != "system_fingerprint"}
-        jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": components}
-                                        ).validate(obj)
-
-    return validate
 
 
 async def raw_events(gw: Any, path: str, body: dict[str, Any]) -> tuple[Any, list[Any]]:
@@ -98,7 +58,7 @@ async def raw_events(gw: Any, path: str, body: dict[str, Any]) -> tuple[Any, lis
 
 # -- answering ----------------------------------------------------------------------
 
-async def test_hit_is_answered_without_upstream(floodgate, mock_upstream, spec_validate):
+async def test_hit_is_answered_without_upstream(floodgate, mock_upstream, openai_schema):
     gw = await start(floodgate)
     client = gw.openai()
     raw = await client.chat.completions.with_raw_response.create(model="gpt-4.1", messages=user("怎么退货?"))
@@ -107,7 +67,7 @@ async def test_hit_is_answered_without_upstream(floodgate, mock_upstream, spec_v
     assert r.choices[0].message.content == RETURN and r.choices[0].finish_reason == "stop"
     assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens > 0
     assert raw.headers["x-floodgate-short-circuit"] == "faq/how-to-return"
-    spec_validate("CreateChatCompletionResponse", orjson.loads(raw.content))
+    openai_schema("CreateChatCompletionResponse", orjson.loads(raw.content))
     # A rule's `model` is the reply's model field.
     r = await client.chat.completions.create(model="gpt-4.1", messages=user("你们包邮吗?"))
     assert r.choices[0].message.content == SHIPPING and r.model == "faq-bot"
@@ -115,7 +75,7 @@ async def test_hit_is_answered_without_upstream(floodgate, mock_upstream, spec_v
 
 
 @pytest.mark.parametrize("include_usage", [False, True])
-async def test_hit_streams(floodgate, mock_upstream, spec_validate, include_usage):
+async def test_hit_streams(floodgate, mock_upstream, openai_schema, include_usage):
     gw = await start(floodgate)
     options = {"stream_options": {"include_usage": True}} if include_usage else {}
     stream = await gw.openai().chat.completions.create(model="deepseek-v3.2", messages=user("请问营业时间?"),
@@ -135,18 +95,18 @@ async def test_hit_streams(floodgate, mock_upstream, spec_validate, include_usag
     assert resp.headers["Content-Type"].startswith("text/event-stream")
     assert resp.headers["x-floodgate-short-circuit"] == "faq/opening-hours"
     for event in events:
-        spec_validate("CreateChatCompletionStreamResponse", event)
+        openai_schema("CreateChatCompletionStreamResponse", event)
     assert mock_upstream.stats.total == 0
 
 
-async def test_legacy_completions_are_answered_too(floodgate, mock_upstream, spec_validate):
+async def test_legacy_completions_are_answered_too(floodgate, mock_upstream, openai_schema):
     gw = await start(floodgate)
     client = gw.openai()
     raw = await client.completions.with_raw_response.create(model="gpt-4.1", prompt="能开发票吗")
     r = raw.parse()
     assert r.object == "text_completion" and r.choices[0].text == INVOICE
     assert raw.headers["x-floodgate-short-circuit"] == "faq/invoice"
-    spec_validate("CreateCompletionResponse", orjson.loads(raw.content))
+    openai_schema("CreateCompletionResponse", orjson.loads(raw.content))
     stream = await client.completions.create(model="gpt-4.1", prompt="能开发票吗", stream=True)
     assert "".join([c.choices[0].text async for c in stream if c.choices]) == INVOICE
     assert mock_upstream.stats.total == 0
