@@ -124,7 +124,7 @@ class Gateway:
             raise Rejection(413, f"request body is larger than {self.max_body} bytes", code="request_too_large",
                             should_retry=False)
         try:
-            # Bounded by the application's client_max_size (max_body_bytes + 1).
+            # Bounded by the application's client_max_size (= max_body_bytes).
             ctx.raw = await request.read() if request.body_exists else b""
         except web.HTTPRequestEntityTooLarge:
             raise Rejection(413, f"request body is larger than {self.max_body} bytes", code="request_too_large",
