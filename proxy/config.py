@@ -15,6 +15,7 @@ import logging
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -58,6 +59,21 @@ class Timeouts(Settings):
     connect: PositiveFloat = 10.0
     first_byte: PositiveFloat = 60.0
     total: PositiveFloat = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptTimeouts:
+    """The resolved timeouts of one attempt, in seconds."""
+
+    connect: float
+    first_byte: float
+    total: float
+
+    def capped(self, cap: float) -> AttemptTimeouts:
+        cap = max(cap, 0.001)
+        if cap >= self.first_byte and cap >= self.total:
+            return self
+        return AttemptTimeouts(self.connect, min(self.first_byte, cap), min(self.total, cap))
 
 
 class TimeoutOverrides(Settings):
@@ -170,6 +186,8 @@ class Config:
         self._plugin_blocks: dict[str, Any] = dict(settings.plugins.model_extra or {})
         self._claimed: set[str] = set()
         self._targets = {name: self._build_target(name) for name in self.models}
+        self._timeouts = {(m.upstream, name): self._build_timeouts(m.upstream, name)
+                          for name, m in self.models.items() if m.upstream in self.upstreams}
         #: Route names plugins declared (``proxy_route_names``); filled in by ``create_app``.
         self.route_names: frozenset[str] = frozenset()
 
@@ -227,16 +245,19 @@ class Config:
         names = [model, *(m for m in self.models[model].fallbacks if m != model)]
         return tuple(self._targets[n] for n in names)
 
-    def timeouts(self, target: Target, cap: float | None = None) -> Timeouts:
-        """The upstream's timeouts with the model's overrides applied, capped at ``cap``."""
-        base = self.upstreams[target.upstream].timeouts
-        over = self.models[target.model].timeouts if target.model in self.models else None
-        changes = {k: v for k, v in over.model_dump().items() if v is not None} if over else {}
-        if cap is not None:
-            cap = max(cap, 0.001)
-            changes["first_byte"] = min(changes.get("first_byte", base.first_byte), cap)
-            changes["total"] = min(changes.get("total", base.total), cap)
-        return base.model_copy(update=changes) if changes else base
+    def _build_timeouts(self, upstream: str, model: str | None) -> AttemptTimeouts:
+        base = self.upstreams[upstream].timeouts
+        over = self.models[model].timeouts if model in self.models else TimeoutOverrides()
+        return AttemptTimeouts(over.connect or base.connect, over.first_byte or base.first_byte,
+                               over.total or base.total)
+
+    def timeouts(self, target: Target, cap: float | None = None) -> AttemptTimeouts:
+        """The upstream's timeouts with the model's overrides applied (resolved at
+        start-up), first-byte and total capped at ``cap`` seconds."""
+        timeouts = self._timeouts.get((target.upstream, target.model))
+        if timeouts is None:
+            timeouts = self._build_timeouts(target.upstream, target.model)
+        return timeouts if cap is None else timeouts.capped(cap)
 
     def price(self, model: str) -> Price | None:
         entry = self.models.get(model)

@@ -38,6 +38,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
 ENTRY_POINT_GROUP = "floodgate"
 #: Plugins that cannot be disabled: without them the core has no defaults.
 REQUIRED = frozenset({"core"})
+#: Core plugins that may be disabled (also when ``server.access_log: false`` left one out).
+OPTIONAL_CORE = frozenset({"metrics", "accesslog"})
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ def build_plugin_manager(
     for obj in extra:
         register(obj, plugin_name(obj, getattr(type(obj), "__module__", "extra")), "extra")
     for i, name in enumerate(disabled):
-        if name not in blocked_seen and name not in REQUIRED:
+        if name not in blocked_seen and name not in REQUIRED and name not in OPTIONAL_CORE:
             errors.append(ConfigError(f"plugins.disabled.{i}", f"no plugin is named {name!r}"))
     try:
         pm.check_pending()

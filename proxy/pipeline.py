@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 import aiohttp
@@ -41,7 +41,7 @@ def _new_request_id(request: web.Request) -> str:
     given = request.headers.get("x-request-id")
     if given and _REQUEST_ID_RE.match(given):
         return given
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 class Gateway:
@@ -445,7 +445,7 @@ class Gateway:
         target = Target(model="-", upstream=upstream_name, upstream_model="-")
         record = AttemptRecord(target, started=time.perf_counter())
         ctx.attempts.append(record)
-        timeouts = self.config.upstreams[upstream_name].timeouts
+        timeouts = self.config.timeouts(target)
         try:
             upstream = await self.upstreams.open(
                 upstream_name, request.method, request.match_info["tail"], body=ctx.raw if ctx.raw else None,

@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 from multidict import CIMultiDict
 
-from .config import Config, Timeouts
+from .config import AttemptTimeouts, Config
 from .errors import Rejection, error_body
 
 log = logging.getLogger("floodgate.upstream")
@@ -121,6 +121,7 @@ class Upstreams:
         self._base_urls: dict[str, str] = {}
         self._auth: dict[str, dict[str, str]] = {}
         self._mocks: list[Any] = []
+        self._connect_timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     @property
     def ready(self) -> bool:
@@ -179,7 +180,7 @@ class Upstreams:
         self._mocks.clear()
 
     async def open(self, upstream: str, method: str, path: str, *, body: bytes | None,
-                   headers: Mapping[str, str], timeouts: Timeouts, query: str = "") -> aiohttp.ClientResponse:
+                   headers: Mapping[str, str], timeouts: AttemptTimeouts, query: str = "") -> aiohttp.ClientResponse:
         """Send a request; return the response once its headers show a 2xx status.
 
         The caller reads (and releases) the body. Raises :class:`UpstreamError`.
@@ -189,12 +190,16 @@ class Upstreams:
         if query:
             url = f"{url}?{query}"
         send_headers = {**headers, **self._auth[upstream]}
+        client_timeout = self._connect_timeouts.get(timeouts.connect)
+        if client_timeout is None:
+            client_timeout = self._connect_timeouts[timeouts.connect] = aiohttp.ClientTimeout(
+                total=None, sock_connect=timeouts.connect)
         if body is not None:
             send_headers["Content-Type"] = "application/json"
         try:
             async with asyncio.timeout(timeouts.first_byte):
                 response = await session.request(method, url, data=body, headers=send_headers,
-                                                 allow_redirects=False)
+                                                 allow_redirects=False, timeout=client_timeout)
         except TimeoutError:
             raise UpstreamError("timeout", f"no response within {timeouts.first_byte:g}s") from None
         except aiohttp.ClientConnectorError as exc:
@@ -214,7 +219,8 @@ class Upstreams:
             response.release()
         raise AssertionError("unreachable")
 
-    async def _raise_for_status(self, upstream: str, response: aiohttp.ClientResponse, timeouts: Timeouts) -> None:
+    async def _raise_for_status(self, upstream: str, response: aiohttp.ClientResponse,
+                                timeouts: AttemptTimeouts) -> None:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         try:
             async with asyncio.timeout(timeouts.total):

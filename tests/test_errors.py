@@ -174,3 +174,4 @@ async def test_large_body_arrives_whole(floodgate, mock_upstream):
     reply = await gw.openai().chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": text}])
     assert reply.choices[0].message.content
     assert mock_upstream.stats.requests[-1].body["messages"][0]["content"] == text
+
