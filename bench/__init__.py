@@ -1,0 +1,1 @@
+"""Floodgate's benchmarks: ``python bench/run.py`` (see bench/README.md)."""

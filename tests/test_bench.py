@@ -1,0 +1,138 @@
+"""Smoke tests of the benchmark harness (bench/): the floor forwarder, the configs, the report maths.
+
+The benchmark itself (``python bench/run.py``) takes minutes; these take a few seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+import proxy
+from bench import configs
+from bench.forwarder import create_forwarder_app
+from bench.load import percentile
+from bench.report import overhead_delta, summarize_profile
+from proxy.config import config_from_dict
+from proxy.mock_upstream import MockSettings, MockUpstream
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+async def mock() -> Any:
+    settings = MockSettings(models=list(configs.MOCK_MODELS), completion_tokens=12, seed=7)
+    async with MockUpstream(settings) as running:
+        yield running
+
+
+async def _sdk(server: Any, stack: list[Any], api_key: str = "sk-bench") -> openai.AsyncOpenAI:
+    client = openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key=api_key, max_retries=0)
+    stack.append(client)
+    return client
+
+
+@pytest.fixture
+async def sdk_clients() -> Any:
+    clients: list[Any] = []
+    yield clients
+    for client in clients:
+        await client.close()
+
+
+async def test_forwarder_relays_a_completion(aiohttp_server: Any, mock: MockUpstream, sdk_clients: list[Any]) -> None:
+    server = await aiohttp_server(create_forwarder_app(mock.url.removesuffix("/v1")))
+    client = await _sdk(server, sdk_clients)
+    reply = await client.chat.completions.create(model=configs.LOAD_MODEL, messages=MESSAGES)
+    assert reply.model == configs.LOAD_MODEL
+    assert reply.usage is not None and reply.usage.completion_tokens == 12
+    assert reply.choices[0].finish_reason == "stop" and reply.choices[0].message.content
+    assert mock.stats.total == 1 and mock.stats.last is not None
+    assert mock.stats.last.body["messages"] == MESSAGES  # the body went through untouched
+    # Errors are relayed with their status too.
+    with pytest.raises(openai.NotFoundError):
+        await client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+
+
+async def test_forwarder_relays_a_stream_chunk_by_chunk(aiohttp_server: Any, mock: MockUpstream,
+                                                        sdk_clients: list[Any]) -> None:
+    mock.settings.tokens_per_second = 100.0  # 10 tokens: one every 10 ms
+    server = await aiohttp_server(create_forwarder_app(mock.url.removesuffix("/v1")))
+    client = await _sdk(server, sdk_clients)
+    start = time.perf_counter()
+    stream = await client.chat.completions.create(model=configs.LOAD_MODEL, messages=MESSAGES, stream=True,
+                                                  max_tokens=10)
+    arrivals: list[float] = []
+    text = ""
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.perf_counter() - start)
+            text += chunk.choices[0].delta.content
+    assert len(arrivals) == 10
+    direct = openai.AsyncOpenAI(base_url=mock.url, api_key="x", max_retries=0)
+    sdk_clients.append(direct)
+    expected = await direct.chat.completions.create(model=configs.LOAD_MODEL, messages=MESSAGES, max_tokens=10)
+    assert text == expected.choices[0].message.content
+    # Relayed as they arrive: the first token long before the last (the mock paces them 10 ms apart).
+    assert arrivals[-1] - arrivals[0] > 0.05
+
+
+async def test_bench_configs_are_accepted_by_create_app(tmp_path: Any) -> None:
+    for name in configs.CHAIN:
+        pytest.importorskip(f"plugins.{name}", reason=f"the {name} plugin is not written yet")
+    noplugins = configs.validated(configs.noplugins_config("http://127.0.0.1:9/v1"))
+    full = configs.validated(configs.full_config("http://127.0.0.1:9/v1", tmp_path / "usage.db"))
+    bare = proxy.create_app(config_from_dict(noplugins))
+    assert {i.name for i in bare[proxy.app.PLUGINS]} <= {"core", "metrics"}
+    app = proxy.create_app(config_from_dict(full))
+    assert set(configs.CHAIN) <= {i.name for i in app[proxy.app.PLUGINS]}
+    assert len(full["plugins"]["auth"]["keys"]) == 1000 and len(full["plugins"]["faq"]["rules"]) == 200
+
+
+async def test_full_chain_serves_the_bench_request(aiohttp_server: Any, mock: MockUpstream, tmp_path: Any,
+                                                   sdk_clients: list[Any]) -> None:
+    for name in configs.CHAIN:
+        pytest.importorskip(f"plugins.{name}", reason=f"the {name} plugin is not written yet")
+    full = configs.validated(configs.full_config(mock.url, tmp_path / "usage.db"))
+    server = await aiohttp_server(proxy.create_app(config_from_dict(full)))
+    body = orjson.loads(configs.chat_body())
+    client = await _sdk(server, sdk_clients, api_key=configs.load_key())
+    raw = await client.chat.completions.with_raw_response.create(**body)
+    assert raw.headers["x-floodgate-route"] == "simple"  # classified by the router, default tier
+    assert "x-floodgate-short-circuit" not in raw.headers  # no FAQ rule matches the bench prompt
+    assert "x-ratelimit-remaining-requests" in raw.headers  # the limiter admitted it
+    assert mock.stats.last is not None and mock.stats.last.body["model"] == "deepseek-v3.2"
+    wrong = await _sdk(server, sdk_clients, api_key="fg-not-a-bench-key")
+    with pytest.raises(openai.AuthenticationError):
+        await wrong.chat.completions.create(**body)
+
+
+def test_overhead_histogram_quantiles() -> None:
+    before = ('floodgate_proxy_overhead_seconds_bucket{endpoint="chat/completions",le="0.001"} 10.0\n'
+              'floodgate_proxy_overhead_seconds_bucket{endpoint="chat/completions",le="0.005"} 10.0\n'
+              'floodgate_proxy_overhead_seconds_bucket{endpoint="chat/completions",le="+Inf"} 10.0\n')
+    after = ('floodgate_proxy_overhead_seconds_bucket{endpoint="chat/completions",le="0.001"} 60.0\n'
+             'floodgate_proxy_overhead_seconds_bucket{endpoint="chat/completions",le="0.005"} 109.0\n'
+             'floodgate_proxy_overhead_seconds_bucket{endpoint="chat/completions",le="+Inf"} 110.0\n'
+             'floodgate_proxy_overhead_seconds_bucket{endpoint="models",le="+Inf"} 999.0\n')
+    result = overhead_delta(before, after)
+    assert result["count"] == 100
+    assert result["share_within_5ms"] == pytest.approx(0.99)
+    assert result["p50_ms"] == pytest.approx(1.0)  # 50 of 100 within the first bucket
+    assert 1.0 < result["p99_ms"] <= 5.0
+
+
+def test_profile_summary_and_percentiles() -> None:
+    raw = ("<module> (bench.py:1);_serve (/x/proxy/pipeline.py:80);proxy_admit (/x/plugins/ratelimit.py:3) 30\n"
+           "<module> (bench.py:1);_serve (/x/proxy/pipeline.py:80) 70\n")
+    summary = summarize_profile(raw)
+    assert summary["samples"] == 100
+    inclusive = dict(summary["inclusive_project"])
+    assert inclusive == {"proxy/pipeline.py:_serve": 100.0, "plugins/ratelimit.py:proxy_admit": 30.0}
+    assert summary["self"][0] == ("proxy/pipeline.py:_serve", 70.0)
+    assert percentile([3.0, 1.0, 2.0, 4.0], 50) == pytest.approx(2.5)
+    assert percentile([], 99) is None
