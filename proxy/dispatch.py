@@ -19,6 +19,7 @@ import pluggy
 
 log = logging.getLogger("floodgate.hooks")
 
+_CTX_ONLY = ("ctx",)  # most per-request hooks: call without building an argument list
 # (plugin name, function, positional argument names, is coroutine function)
 _Impl = tuple[str, Callable[..., Any], tuple[str, ...], bool]
 
@@ -50,7 +51,7 @@ class Hooks:
     async def first_result(self, name: str, **kwargs: Any) -> Any:
         """Call implementations in order until one returns something other than ``None``."""
         for _plugin, fn, argnames, is_async in self._impls.get(name, ()):
-            result = fn(*[kwargs[a] for a in argnames])
+            result = fn(kwargs["ctx"]) if argnames == _CTX_ONLY else fn(*[kwargs[a] for a in argnames])
             if is_async or inspect.isawaitable(result):
                 result = await result
             if result is not None:
@@ -60,7 +61,7 @@ class Hooks:
     async def call_all(self, name: str, **kwargs: Any) -> None:
         """Call every implementation in order; exceptions propagate (fail closed)."""
         for _plugin, fn, argnames, is_async in self._impls.get(name, ()):
-            result = fn(*[kwargs[a] for a in argnames])
+            result = fn(kwargs["ctx"]) if argnames == _CTX_ONLY else fn(*[kwargs[a] for a in argnames])
             if is_async or inspect.isawaitable(result):
                 await result
 
@@ -73,7 +74,7 @@ class Hooks:
         """Call every implementation; log and swallow exceptions (observers fail open)."""
         for plugin, fn, argnames, is_async in self._impls.get(name, ()):
             try:
-                result = fn(*[kwargs[a] for a in argnames])
+                result = fn(kwargs["ctx"]) if argnames == _CTX_ONLY else fn(*[kwargs[a] for a in argnames])
                 if is_async or inspect.isawaitable(result):
                     await result
             except Exception:

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 from aiohttp import web
 
 from .app import UPSTREAMS, create_app
 from .config import Config
+
+
+async def _tune_gc(app: web.Application) -> None:
+    """Keep the garbage collector off the hot path.
+
+    Everything allocated at start-up (config, plugins, compiled rules, sessions)
+    lives as long as the process: freeze it out of the collector's scans. Each
+    request allocates many short-lived objects but few reference cycles, so the
+    young generation is collected less often (profiles showed 8-9% of a core in
+    the collector with the default threshold of 700).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 1000)
 
 
 def serve(config: Config, *, host: str | None = None, port: int | None = None) -> int:
@@ -26,6 +41,7 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
         print(f"floodgate: listening on http://{host}:{port}/v1  (Ctrl-C or SIGTERM to stop)", flush=True)
 
     app.on_startup.append(announce)
+    app.on_startup.append(_tune_gc)
     web.run_app(app, host=host, port=port, shutdown_timeout=config.server.shutdown_timeout,
                 handler_cancellation=True, access_log=None, print=None)
     return 0

@@ -10,7 +10,6 @@ cost per chat message.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from .types import content_text
@@ -20,19 +19,19 @@ MESSAGE_OVERHEAD = 4
 IMAGE_TOKENS = 85  # OpenAI's low-detail image cost: a floor for unknown sizes
 
 
-# CJK ideographs, kana, hangul and full-width forms: about one token each.
-_WIDE = re.compile("[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 
 
 def estimate_text_tokens(text: str) -> int:
     """Estimated tokens of a piece of text (CJK and other scripts mixed)."""
     if not text:
         return 0
+    length = len(text)
     if text.isascii():
-        return max(1, (len(text) + 3) // 4)
-    wide = len(_WIDE.findall(text))
-    rest = len(text) - wide
-    return wide + (rest + 3) // 4
+        return max(1, (length + 3) // 4)
+    # CJK characters take 3 bytes in UTF-8, ASCII 1: counting bytes (in C) finds
+    # them without a Python-level pass over the text.
+    wide = min(length, (len(text.encode("utf-8", "surrogatepass")) - length) // 2)
+    return wide + (length - wide + 3) // 4
 
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:

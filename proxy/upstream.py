@@ -143,7 +143,9 @@ class Upstreams:
             connector = aiohttp.TCPConnector(limit=settings.pool_size, limit_per_host=settings.pool_size,
                                              ttl_dns_cache=300, enable_cleanup_closed=True)
             self._sessions[name] = aiohttp.ClientSession(
-                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",),
+                connector=connector, auto_decompress=True,
+                # No Accept-Encoding: JSON answers are small and streams must not be compressed.
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.timeouts.connect),
             )
 
