@@ -7,6 +7,8 @@ can run many applications side by side.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
@@ -138,6 +140,7 @@ async def _ensure_request_id(request: web.Request, response: web.StreamResponse)
 async def _startup(app: web.Application) -> None:
     await app[UPSTREAMS].start()
     await app[HOOKS].call_all("proxy_startup", app=app)
+    app[READY]["lag_watch"] = asyncio.create_task(app[GATEWAY].metrics.watch_loop_lag())
     app[READY]["ready"] = True
 
 
@@ -146,6 +149,11 @@ async def _shutdown(app: web.Application) -> None:
 
 
 async def _cleanup(app: web.Application) -> None:
+    watch = app[READY].pop("lag_watch", None)
+    if watch is not None:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
     await app[HOOKS].observe("proxy_shutdown", app=app)
     await app[UPSTREAMS].close()
 

@@ -6,6 +6,7 @@ builds a key on every call, which is measurable on the hot path.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -60,6 +61,18 @@ class CoreMetrics:
             "floodgate_time_to_first_token_seconds", "Streams: time from request received to first event sent",
             ["model"], buckets=LATENCY_BUCKETS, registry=registry))
         self.in_flight = Gauge("floodgate_in_flight_requests", "Requests being handled now", registry=registry)
+        self.loop_lag = Histogram(
+            "floodgate_event_loop_lag_seconds", "How late the event loop ran a timer due now: time requests "
+            "wait before any handler runs, which the overhead histogram cannot see",
+            buckets=OVERHEAD_BUCKETS, registry=registry)
+
+    async def watch_loop_lag(self, interval: float = 0.25) -> None:
+        """Sample the event loop's lag every ``interval`` seconds until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + interval
+            await asyncio.sleep(interval)
+            self.loop_lag.observe(max(0.0, loop.time() - due))
 
     @hookimpl(trylast=True)
     def proxy_finished(self, ctx: RequestContext) -> None:

@@ -544,3 +544,17 @@ async def test_declared_routes_are_listed_as_models(floodgate):
     ids = [m.id for m in (await client.models.list()).data]
     assert ids[-3:] == ["gpt-4o-mini", "auto", "simple"]
     assert (await client.models.retrieve("simple")).id == "simple"
+
+
+async def test_event_loop_lag_is_measured(floodgate):
+    import time
+    gw = await floodgate()
+    time.sleep(0.6)  # noqa: ASYNC251 - block the loop: the watcher's timer (every 0.25 s) runs late
+    await asyncio.sleep(0.6)
+    text = await gw.metrics()
+    count = [line for line in text.splitlines() if line.startswith("floodgate_event_loop_lag_seconds_count")]
+    assert count and float(count[0].split()[-1]) >= 1
+    over = [line for line in text.splitlines()
+            if line.startswith('floodgate_event_loop_lag_seconds_bucket{le="0.1"}')]
+    total = float(count[0].split()[-1])
+    assert float(over[0].split()[-1]) < total  # at least one sample was later than 100 ms
