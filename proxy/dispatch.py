@@ -52,7 +52,7 @@ class Hooks:
         """Call implementations in order until one returns something other than ``None``."""
         for _plugin, fn, argnames, is_async in self._impls.get(name, ()):
             result = fn(kwargs["ctx"]) if argnames == _CTX_ONLY else fn(*[kwargs[a] for a in argnames])
-            if is_async or inspect.isawaitable(result):
+            if is_async or (result is not None and inspect.isawaitable(result)):
                 result = await result
             if result is not None:
                 return result
@@ -62,7 +62,7 @@ class Hooks:
         """Call every implementation in order; exceptions propagate (fail closed)."""
         for _plugin, fn, argnames, is_async in self._impls.get(name, ()):
             result = fn(kwargs["ctx"]) if argnames == _CTX_ONLY else fn(*[kwargs[a] for a in argnames])
-            if is_async or inspect.isawaitable(result):
+            if is_async or (result is not None and inspect.isawaitable(result)):
                 await result
 
     def call_all_sync(self, name: str, **kwargs: Any) -> None:
@@ -75,7 +75,7 @@ class Hooks:
         for plugin, fn, argnames, is_async in self._impls.get(name, ()):
             try:
                 result = fn(kwargs["ctx"]) if argnames == _CTX_ONLY else fn(*[kwargs[a] for a in argnames])
-                if is_async or inspect.isawaitable(result):
+                if is_async or (result is not None and inspect.isawaitable(result)):
                     await result
             except Exception:
                 log.exception("plugin %r failed in %s", plugin, name)
