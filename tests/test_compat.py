@@ -232,3 +232,11 @@ async def test_upstream_5xx_maps_to_internal_server_error(floodgate, mock_upstre
     assert counter.count == 2  # 5xx are retryable for the SDK
     if status == 503:  # the HTML page became an OpenAI-shaped error with an excerpt
         assert "text/html" in info.value.message and "503 Service Temporarily Unavailable" in info.value.message
+
+
+async def test_model_list_matches_openai_schema(floodgate, openai_schema):
+    gw = await floodgate(aliases={"gpt-4o-mini": "deepseek-v3.2"})
+    listing = await (await gw.client.get("/v1/models")).json()
+    openai_schema("ListModelsResponse", listing)
+    one = await (await gw.client.get("/v1/models/gpt-4o-mini")).json()
+    openai_schema("Model", one)
