@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import importlib
 import logging
 import os
 import sys
@@ -56,16 +56,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(config, host=args.host, port=args.port)
 
 
-def _cmd_mock(args: argparse.Namespace) -> int:
-    from .mock_upstream import serve_forever
-
-    try:
-        asyncio.run(serve_forever(args))
-    except KeyboardInterrupt:
-        pass
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="floodgate",
@@ -87,33 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_option(check)
     check.set_defaults(func=_cmd_check)
 
-    from .mock_upstream import add_arguments
-
-    mock = sub.add_parser("mock-upstream", help="run the built-in fake OpenAI-compatible upstream",
-                          description="A fake OpenAI-compatible API for tests, demos and benchmarks, with "
-                                      "streaming at a chosen speed and fault injection per model.")
-    add_arguments(mock)
-    mock.set_defaults(func=_cmd_mock)
-
-    from .loadtest import add_arguments as add_loadtest_arguments
-    from .loadtest import run as run_loadtest
-
-    loadtest = sub.add_parser("loadtest", help="load-test a gateway (open or closed loop)",
-                              description="Open-loop (--rate) or closed-loop (--concurrency) load test of an "
-                                          "OpenAI-compatible /chat/completions endpoint, with a latency report. "
-                                          "It only sends to the --url it is given.")
-    add_loadtest_arguments(loadtest)
-    loadtest.set_defaults(func=run_loadtest)
-
-    from .demo import add_arguments as add_demo_arguments
-    from .demo import run as run_demo
-
-    demo = sub.add_parser("demo", help="see every plugin at work (mock upstream, no network)",
-                          description="Start the mock upstream and the gateway on free local ports with the "
-                                      "shipped config, send a scripted set of requests through the openai SDK "
-                                      "and show what happened to each, then the cost table.")
-    add_demo_arguments(demo)
-    demo.set_defaults(func=run_demo)
+    # Core tools: (name, module with add_arguments/run, help, description).
+    tools = (
+        ("mock-upstream", "mock_upstream", "run the built-in fake OpenAI-compatible upstream",
+         "A fake OpenAI-compatible API for tests, demos and benchmarks, with streaming at a chosen speed "
+         "and fault injection per model."),
+        ("loadtest", "loadtest", "load-test a gateway (open or closed loop)",
+         "Open-loop (--rate) or closed-loop (--concurrency) load test of an OpenAI-compatible "
+         "/chat/completions endpoint, with a latency report. It only sends to the --url it is given."),
+        ("demo", "demo", "see every plugin at work (mock upstream, no network)",
+         "Start the mock upstream and the gateway on free local ports with the shipped config, send a "
+         "scripted set of requests through the openai SDK and show what happened to each, then the cost table."),
+    )
+    for name, module_name, help_text, description in tools:
+        module = importlib.import_module(f".{module_name}", __package__)
+        tool = sub.add_parser(name, help=help_text, description=description)
+        module.add_arguments(tool)
+        tool.set_defaults(func=module.run)
 
     # Plugin commands (built-ins and entry points; config-listed modules need a config first).
     pm, _, errors = build_plugin_manager(core=[], builtins=BUILTIN_PLUGINS)

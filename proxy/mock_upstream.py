@@ -36,7 +36,7 @@ from aiohttp import web
 
 __all__ = [
     "MockSettings", "MockStats", "MockUpstream", "ModelBehaviour", "RecordedRequest",
-    "add_arguments", "count_tokens", "create_mock_app", "parse_fault", "serve_forever",
+    "add_arguments", "count_tokens", "create_mock_app", "parse_fault", "run", "serve_forever",
     "settings_from_args",
 ]
 
@@ -805,3 +805,12 @@ async def serve_forever(args: argparse.Namespace) -> None:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``floodgate mock-upstream``: serve until Ctrl-C or SIGTERM."""
+    try:
+        asyncio.run(serve_forever(args))
+    except KeyboardInterrupt:
+        pass
+    return 0
