@@ -19,7 +19,7 @@ import pluggy
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .config import Config
+from .config import Config, UpstreamSettings
 from .defaults import AccessLog, CoreDefaults
 from .dispatch import Hooks
 from .errors import ConfigError, ConfigErrors, Rejection, error_response
@@ -99,6 +99,10 @@ def _configure(pm: pluggy.PluginManager, config: Config, registry: CollectorRegi
             errors.extend(exc.errors)
         except ConfigError as exc:
             errors.append(exc)
+    if not pm.hook.proxy_builtin_upstream.get_hookimpls():
+        errors.extend(config.error(("upstreams", name, "base_url"), f"no loaded plugin serves {u.base_url!r} "
+                                   "(the mock upstream is the 'mock' plugin, installed with floodgate)")
+                      for name, u in config.upstreams.items() if u.is_builtin)
     disabled = set(config.disabled_plugins)
     for name in config.unclaimed_plugin_blocks():
         if name in disabled:
@@ -138,7 +142,12 @@ async def _ensure_request_id(request: web.Request, response: web.StreamResponse)
 
 
 async def _startup(app: web.Application) -> None:
-    await app[UPSTREAMS].start()
+    hooks = app[HOOKS]
+
+    async def builtin(name: str, settings: UpstreamSettings) -> str | None:
+        return await hooks.first_result("proxy_builtin_upstream", name=name, settings=settings)
+
+    await app[UPSTREAMS].start(builtin)
     await app[HOOKS].call_all("proxy_startup", app=app)
     app[READY]["lag_watch"] = asyncio.create_task(app[GATEWAY].metrics.watch_loop_lag())
     app[READY]["ready"] = True

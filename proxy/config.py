@@ -29,7 +29,9 @@ log = logging.getLogger("floodgate.config")
 
 T = TypeVar("T", bound=BaseModel)
 
-#: ``upstreams.<name>.base_url`` value that starts the built-in mock upstream in-process.
+#: ``upstreams.<name>.base_url`` prefix of upstreams a plugin starts in-process
+#: (``builtin:mock``: the mock upstream tool, through ``proxy_builtin_upstream``).
+BUILTIN_SCHEME = "builtin:"
 MOCK_BASE_URL = "builtin:mock"
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -82,30 +84,6 @@ class TimeoutOverrides(Settings):
     total: PositiveFloat | None = None
 
 
-class MockBehaviourSettings(Settings):
-    latency_ms: NonNegativeFloat = 0.0
-    jitter_ms: NonNegativeFloat = 0.0
-    error_rate: float = Field(0.0, ge=0, le=1)
-    fail_first: int = Field(0, ge=0)
-    error_status: int = Field(500, ge=400, le=599)
-    retry_after: NonNegativeFloat | None = 1.0
-    hang: bool = False
-    malformed: bool = False
-    break_stream_after: int | None = Field(None, ge=0)
-    tokens_per_second: NonNegativeFloat | None = None
-    completion_tokens: PositiveInt | None = None
-    cached_tokens: int = Field(0, ge=0)
-
-
-class MockSettingsConfig(Settings):
-    """Settings of the built-in mock upstream (only with ``base_url: builtin:mock``)."""
-
-    tokens_per_second: NonNegativeFloat = 0.0
-    completion_tokens: PositiveInt = 16
-    seed: int | None = None
-    behaviours: dict[str, MockBehaviourSettings] = {}
-
-
 class UpstreamSettings(Settings):
     base_url: str
     api_key: SecretStr | None = None
@@ -113,7 +91,8 @@ class UpstreamSettings(Settings):
     pool_size: PositiveInt = 100
     stream_options: bool = Field(True, description="whether it accepts stream_options.include_usage")
     headers: dict[str, str] = {}
-    mock: MockSettingsConfig | None = None
+    # Options of a ``builtin:`` upstream, validated by the plugin that serves it.
+    mock: dict[str, Any] | None = None
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -123,13 +102,14 @@ class UpstreamSettings(Settings):
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if value != MOCK_BASE_URL and not value.startswith(("http://", "https://")):
+        if not value.startswith(("http://", "https://", BUILTIN_SCHEME)):
             raise ValueError(f"must be an http(s):// URL or {MOCK_BASE_URL!r}")
         return value.rstrip("/")
 
     @property
-    def is_mock(self) -> bool:
-        return self.base_url == MOCK_BASE_URL
+    def is_builtin(self) -> bool:
+        """Served by a plugin in-process (``builtin:<kind>``), not at a URL."""
+        return self.base_url.startswith(BUILTIN_SCHEME)
 
 
 class Price(Settings):
@@ -211,6 +191,20 @@ class Config:
 
     def unclaimed_plugin_blocks(self) -> list[str]:
         return [name for name in self._plugin_blocks if name not in self._claimed]
+
+    def section(self, path: Path, model: type[T]) -> T:
+        """Validate the block at ``path`` (absent = all defaults) with ``model``.
+
+        For settings a plugin owns outside ``plugins.<name>`` (e.g. the options of a
+        ``builtin:`` upstream). Raises :class:`ConfigErrors` located like every other.
+        """
+        raw: Any = self._located.data
+        for part in path:
+            raw = raw.get(part) if isinstance(raw, dict) else None
+        return _validate(model, {} if raw is None else raw, self._located, path)
+
+    def line_of(self, path: Path) -> int | None:
+        return self._located.line_of(path)
 
     def error(self, path: Path, message: str) -> ConfigError:
         """A :class:`ConfigError` for ``path`` (a tuple of keys) with its line."""
@@ -321,9 +315,11 @@ def _build(located: LocatedYaml) -> Config:
                 errors.append(config.error(("models", name, "fallbacks", i),
                                            f"unknown model {fallback!r}"))
     for name, upstream in settings.upstreams.items():
-        if upstream.mock is not None and not upstream.is_mock:
-            errors.append(config.error(("upstreams", name, "mock"),
-                                       f"only allowed with base_url: {MOCK_BASE_URL}"))
+        if upstream.mock is not None and upstream.base_url != MOCK_BASE_URL:
+            # The shipped config keeps its mock block when FLOODGATE_UPSTREAM_URL points at a
+            # real provider: say it is unused rather than refuse to start.
+            log.info("%s:%s upstreams.%s.mock: not used (base_url is not %s)", config.source,
+                     config.line_of(("upstreams", name, "mock")), name, MOCK_BASE_URL)
     if errors:
         raise ConfigErrors(errors)
     return config

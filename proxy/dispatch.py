@@ -48,7 +48,7 @@ class Hooks:
         """Plugin names implementing ``name``, in call order."""
         return tuple(impl[0] for impl in self._impls.get(name, ()))
 
-    async def first_result(self, name: str, **kwargs: Any) -> Any:
+    async def first_result(self, name: str, /, **kwargs: Any) -> Any:
         """Call implementations in order until one returns something other than ``None``."""
         for _plugin, fn, argnames, is_async in self._impls.get(name, ()):
             result = fn(kwargs["ctx"]) if argnames == _CTX_ONLY else fn(*[kwargs[a] for a in argnames])
@@ -58,19 +58,19 @@ class Hooks:
                 return result
         return None
 
-    async def call_all(self, name: str, **kwargs: Any) -> None:
+    async def call_all(self, name: str, /, **kwargs: Any) -> None:
         """Call every implementation in order; exceptions propagate (fail closed)."""
         for _plugin, fn, argnames, is_async in self._impls.get(name, ()):
             result = fn(kwargs["ctx"]) if argnames == _CTX_ONLY else fn(*[kwargs[a] for a in argnames])
             if is_async or (result is not None and inspect.isawaitable(result)):
                 await result
 
-    def call_all_sync(self, name: str, **kwargs: Any) -> None:
+    def call_all_sync(self, name: str, /, **kwargs: Any) -> None:
         """Call every implementation of a synchronous-only hook (``proxy_stream_chunk``)."""
         for _plugin, fn, argnames, _ in self._impls.get(name, ()):
             fn(*[kwargs[a] for a in argnames])
 
-    async def observe(self, name: str, **kwargs: Any) -> None:
+    async def observe(self, name: str, /, **kwargs: Any) -> None:
         """Call every implementation; log and swallow exceptions (observers fail open)."""
         for plugin, fn, argnames, is_async in self._impls.get(name, ()):
             try:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from aiohttp import web
     from prometheus_client import CollectorRegistry
 
-    from .config import Config
+    from .config import Config, UpstreamSettings
     from .types import Attempt, Principal, Reply, RequestContext, Route, Stop, StreamChunk, UpstreamResponse
 
 PROJECT = "floodgate"
@@ -77,6 +77,20 @@ def proxy_add_routes(app: web.Application) -> None:
 
     Called once while the application is built, after ``proxy_configure``.
     Plugin endpoints should live under ``/-/``.
+    """
+
+
+@hookspec
+def proxy_builtin_upstream(name: str, settings: UpstreamSettings) -> str | None:
+    """Start an in-process upstream for ``base_url: builtin:<kind>``; return its base URL.
+
+    Called once per ``builtin:`` upstream while the application starts, before
+    ``proxy_startup``; stops at the first non-``None`` result. Return ``None`` for
+    a kind this plugin does not serve. May be async. Stop what you started in
+    ``proxy_shutdown``. No plugin answering is a start-up error.
+
+    :param name: the upstream's name in the config.
+    :param settings: its settings (``settings.base_url`` names the kind).
     """
 
 

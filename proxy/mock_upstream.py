@@ -33,9 +33,13 @@ from typing import Any, NamedTuple, get_args, get_type_hints
 
 import orjson
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import MOCK_BASE_URL, Config, UpstreamSettings
+from .hookspecs import hookimpl
 
 __all__ = [
-    "MockSettings", "MockStats", "MockUpstream", "ModelBehaviour", "RecordedRequest",
+    "MockPlugin", "MockSettings", "MockStats", "MockUpstream", "ModelBehaviour", "RecordedRequest",
     "add_arguments", "count_tokens", "create_mock_app", "parse_fault", "run", "serve_forever",
     "settings_from_args",
 ]
@@ -814,3 +818,75 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+# --------------------------------------------------------------------------- the gateway plugin
+
+class _BehaviourBlock(BaseModel):
+    """``upstreams.<name>.mock.behaviours.<model>``: the fields of :class:`ModelBehaviour`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    latency_ms: float = Field(0.0, ge=0)
+    jitter_ms: float = Field(0.0, ge=0)
+    error_rate: float = Field(0.0, ge=0, le=1)
+    fail_first: int = Field(0, ge=0)
+    error_status: int = Field(500, ge=400, le=599)
+    retry_after: float | None = Field(1.0, ge=0)
+    hang: bool = False
+    malformed: bool = False
+    break_stream_after: int | None = Field(None, ge=0)
+    tokens_per_second: float | None = Field(None, ge=0)
+    completion_tokens: int | None = Field(None, gt=0)
+    cached_tokens: int = Field(0, ge=0)
+
+
+class _MockBlock(BaseModel):
+    """``upstreams.<name>.mock``: options of a ``base_url: builtin:mock`` upstream."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tokens_per_second: float = Field(0.0, ge=0)
+    completion_tokens: int = Field(16, gt=0)
+    seed: int | None = None
+    behaviours: dict[str, _BehaviourBlock] = {}
+
+
+class MockPlugin:
+    """Serves ``base_url: builtin:mock``: a :class:`MockUpstream` started in-process.
+
+    Registered through the ``floodgate`` entry-point group, so the gateway's core
+    never imports the mock: it only asks, at start-up, who serves ``builtin:mock``.
+    """
+
+    name = "mock"
+
+    def __init__(self) -> None:
+        self.blocks: dict[str, _MockBlock] = {}
+        self.models: list[str] = []
+        self.mocks: list[MockUpstream] = []
+
+    @hookimpl
+    def proxy_configure(self, config: Config) -> None:
+        self.blocks = {name: config.section(("upstreams", name, "mock"), _MockBlock)
+                       for name, upstream in config.upstreams.items() if upstream.base_url == MOCK_BASE_URL}
+        self.models = sorted({m.upstream_model or name for name, m in config.models.items()})
+
+    @hookimpl
+    async def proxy_builtin_upstream(self, name: str, settings: UpstreamSettings) -> str | None:
+        if settings.base_url != MOCK_BASE_URL:
+            return None
+        block = self.blocks.get(name, _MockBlock())
+        mock = MockUpstream(MockSettings(
+            models=self.models or list(DEFAULT_MODELS), tokens_per_second=block.tokens_per_second,
+            completion_tokens=block.completion_tokens, seed=block.seed,
+            behaviours={m: ModelBehaviour(**b.model_dump()) for m, b in block.behaviours.items()},
+            api_key=settings.api_key.get_secret_value() if settings.api_key is not None else None))
+        await mock.start()
+        self.mocks.append(mock)
+        print(f"floodgate: built-in mock upstream at {mock.url}", flush=True)
+        return mock.url
+
+    @hookimpl
+    async def proxy_shutdown(self) -> None:
+        mocks, self.mocks = self.mocks, []
+        for mock in mocks:
+            await mock.stop()

@@ -7,7 +7,7 @@ import logging
 
 from aiohttp import web
 
-from .app import UPSTREAMS, create_app
+from .app import create_app
 from .config import Config
 
 
@@ -36,8 +36,6 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
     port = config.server.port if port is None else port
 
     async def announce(app: web.Application) -> None:
-        for mock in app[UPSTREAMS].mocks:
-            print(f"floodgate: built-in mock upstream at {mock.url}", flush=True)
         print(f"floodgate: listening on http://{host}:{port}/v1  (Ctrl-C or SIGTERM to stop)", flush=True)
 
     app.on_startup.append(announce)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
 
 import aiohttp
 import orjson
 from multidict import CIMultiDict
 
-from .config import AttemptTimeouts, Config
+from .config import AttemptTimeouts, Config, UpstreamSettings
 from .errors import Rejection, error_body
 
 log = logging.getLogger("floodgate.upstream")
@@ -120,7 +119,6 @@ class Upstreams:
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._base_urls: dict[str, str] = {}
         self._auth: dict[str, dict[str, str]] = {}
-        self._mocks: list[Any] = []
         self._connect_timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     @property
@@ -130,11 +128,20 @@ class Upstreams:
     def base_url(self, upstream: str) -> str:
         return self._base_urls[upstream]
 
-    async def start(self) -> None:
+    async def start(self, builtin: Callable[[str, UpstreamSettings], Awaitable[str | None]]) -> None:
+        """Open one pooled session per upstream.
+
+        :param builtin: starts a ``builtin:`` upstream and returns its URL (the
+            ``proxy_builtin_upstream`` hook), ``None`` when no plugin serves it.
+        """
         for name, settings in self._config.upstreams.items():
             base_url = settings.base_url
-            if settings.is_mock:
-                base_url = await self._start_mock(settings)
+            if settings.is_builtin:
+                started = await builtin(name, settings)
+                if started is None:
+                    raise RuntimeError(f"upstreams.{name}.base_url: no loaded plugin serves {base_url!r} "
+                                       "(the mock upstream is the 'mock' plugin of the floodgate package)")
+                base_url = started.rstrip("/")
             self._base_urls[name] = base_url
             headers = dict(settings.headers)
             if settings.api_key is not None:
@@ -149,37 +156,10 @@ class Upstreams:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.timeouts.connect),
             )
 
-    async def _start_mock(self, settings: Any) -> str:
-        from .mock_upstream import MockSettings, MockUpstream, ModelBehaviour
-
-        mock_cfg = settings.mock
-        kwargs: dict[str, Any] = {"models": list(self._config.models) or MockSettings().models}
-        if mock_cfg is not None:
-            kwargs.update(tokens_per_second=mock_cfg.tokens_per_second,
-                          completion_tokens=mock_cfg.completion_tokens, seed=mock_cfg.seed,
-                          behaviours={m: ModelBehaviour(**b.model_dump()) for m, b in mock_cfg.behaviours.items()})
-        if settings.api_key is not None:
-            kwargs["api_key"] = settings.api_key.get_secret_value()
-        upstream_models = {m.upstream_model or name for name, m in self._config.models.items()}
-        kwargs["models"] = sorted(upstream_models) or kwargs["models"]
-        mock = MockUpstream(MockSettings(**kwargs))
-        await mock.start()
-        self._mocks.append(mock)
-        log.info("started the built-in mock upstream at %s", mock.url)
-        return mock.url
-
-    @property
-    def mocks(self) -> list[Any]:
-        """Built-in mock upstreams started in-process (their ``MockUpstream`` handles)."""
-        return list(self._mocks)
-
     async def close(self) -> None:
         for session in self._sessions.values():
             await session.close()
-        for mock in self._mocks:
-            await mock.stop()
         self._sessions.clear()
-        self._mocks.clear()
 
     async def open(self, upstream: str, method: str, path: str, *, body: bytes | None,
                    headers: Mapping[str, str], timeouts: AttemptTimeouts, query: str = "") -> aiohttp.ClientResponse:

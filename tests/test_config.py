@@ -97,11 +97,23 @@ def test_bad_plugin_module_reference():
     assert len(errors) == 1 and errors[0].startswith("config.yaml:18 plugins.modules.0: cannot load plugin")
 
 
-def test_base_url_and_mock_section():
+def test_base_url_and_mock_section(caplog):
     errors = errors_of(GOOD.replace("http://127.0.0.1:9/v1", "ftp://x"))
     assert errors == ["config.yaml:5 upstreams.main.base_url: must be an http(s):// URL or 'builtin:mock'"]
-    errors = errors_of(GOOD.replace("    timeouts: {connect", "    mock: {seed: 1}\n    timeouts: {connect"))
-    assert errors == ["config.yaml:7 upstreams.main.mock: only allowed with base_url: builtin:mock"]
+    # The shipped config keeps its mock block when pointed at a real provider: a notice, not an error.
+    with_mock = GOOD.replace("    timeouts: {connect", "    mock: {seed: 1}\n    timeouts: {connect")
+    with caplog.at_level("INFO", logger="floodgate.config"):
+        create_app(parse_config(with_mock, source="config.yaml", env={}), builtins=(), entry_points=False)
+    assert "config.yaml:7 upstreams.main.mock: not used (base_url is not builtin:mock)" in caplog.text
+    # builtin:mock needs the mock plugin (an entry point), which validates the block itself.
+    mocked = with_mock.replace("http://127.0.0.1:9/v1", "builtin:mock")
+    assert errors_of(mocked) == ["config.yaml:5 upstreams.main.base_url: no loaded plugin serves 'builtin:mock' "
+                                 "(the mock upstream is the 'mock' plugin, installed with floodgate)"]
+    create_app(parse_config(mocked, source="config.yaml", env={}), builtins=())
+    with pytest.raises(ConfigErrors) as info:
+        create_app(parse_config(mocked.replace("seed: 1", "sead: 1"), source="config.yaml", env={}), builtins=())
+    assert [str(e) for e in info.value.errors] == [
+        "config.yaml:7 upstreams.main.mock.sead: unknown key (did you mean 'seed'?)"]
 
 
 def test_floodgate_check_cli(tmp_path, capsys):

@@ -201,6 +201,27 @@ async def test_hook_proxy_startup_and_proxy_shutdown(aiohttp_client, mock_upstre
     assert events == ["startup", "shutdown"]
 
 
+async def test_hook_proxy_builtin_upstream(aiohttp_client, mock_upstream):
+    class Echo:
+        name = "echo"
+        started: list[str] = []
+
+        @hookimpl
+        async def proxy_builtin_upstream(self, name, settings):
+            if settings.base_url != "builtin:echo":
+                return None
+            self.started.append(name)
+            return mock_upstream.url
+
+    config = mock_config("builtin:echo")
+    app = create_app(config_from_dict(config), plugins=[Echo()], builtins=(), entry_points=False)
+    client = await aiohttp_client(app)
+    response = await client.post("/v1/chat/completions", json={"model": "gpt-4.1", "messages": MESSAGES})
+    assert response.status == 200 and Echo.started == ["main"]
+    assert mock_upstream.stats.total == 1
+    await client.close()
+
+
 test_hook_proxy_startup = test_hook_proxy_startup_and_proxy_shutdown
 test_hook_proxy_shutdown = test_hook_proxy_startup_and_proxy_shutdown
 
