@@ -5,7 +5,19 @@ a third-party plugin needs.
 """
 
 from .app import CONFIG, HOOKS, REGISTRY, UPSTREAMS, authenticate, create_app, require_admin
-from .config import Config, Price, Settings, load_config, parse_config
+from .cli import add_config_option
+from .config import (
+    Config,
+    NonEmptyStr,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Price,
+    Settings,
+    load_config,
+    parse_config,
+)
 from .errors import ConfigError, ConfigErrors, Rejection
 from .hookspecs import hookimpl
 from .metrics import LabelCache
@@ -30,7 +42,8 @@ from .types import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "ANONYMOUS", "STOP", "Attempt", "AttemptRecord", "CONFIG", "Config", "ConfigError", "ConfigErrors",
+    "ANONYMOUS", "STOP", "NonEmptyStr", "NonNegativeFloat", "NonNegativeInt", "PositiveFloat", "PositiveInt",
+    "add_config_option", "Attempt", "AttemptRecord", "CONFIG", "Config", "ConfigError", "ConfigErrors",
     "HOOKS", "LabelCache", "Price", "Principal", "REGISTRY", "Rejection", "Reply", "RequestContext", "Route",
     "Settings", "Stop", "StreamChunk", "Target", "Timings", "UPSTREAMS", "UpstreamResponse", "Usage",
     "authenticate", "create_app", "estimate_prompt_tokens", "estimate_text_tokens", "hookimpl", "load_config",

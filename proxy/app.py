@@ -67,7 +67,7 @@ def create_app(
     hooks = Hooks(pm)
     upstreams = Upstreams(config)
     gateway = Gateway(config, hooks, upstreams, metrics)
-    app = web.Application(client_max_size=config.server.max_body_bytes)
+    app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[_rejections])
     app[CONFIG] = config
     app[PLUGIN_MANAGER] = pm
     app[PLUGINS] = infos
@@ -133,6 +133,16 @@ def _add_routes(app: web.Application, gateway: Gateway) -> None:
     router.add_get("/readyz", _readyz)
     router.add_get("/metrics", _metrics)
     router.add_get("/-/plugins", _plugins)
+
+
+@web.middleware
+async def _rejections(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A :class:`Rejection` raised by any handler — a plugin's endpoint included — is
+    answered with OpenAI's JSON error shape, never aiohttp's plain-text 500."""
+    try:
+        return await handler(request)
+    except Rejection as rejection:
+        return error_response(rejection)
 
 
 async def _ensure_request_id(request: web.Request, response: web.StreamResponse) -> None:

@@ -34,9 +34,12 @@ T = TypeVar("T", bound=BaseModel)
 BUILTIN_SCHEME = "builtin:"
 MOCK_BASE_URL = "builtin:mock"
 
+# Setting types shared by the core and every plugin (exported by ``proxy``).
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
 
 
 class Settings(BaseModel):

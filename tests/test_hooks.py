@@ -172,10 +172,19 @@ async def test_hook_proxy_add_routes(floodgate):
                 return web.json_response({"config": len(request.app[proxy.CONFIG].models)})
             app.router.add_get("/-/hello", hello)
 
+            async def refuse(request):
+                raise proxy.Rejection(409, "not now", code="busy")
+            app.router.add_get("/-/refuse", refuse)
+
     gw = await floodgate(plugins=[Extra()])
     resp = await gw.client.get("/-/hello")
     assert resp.status == 200 and (await resp.json())["config"] == 5
     assert resp.headers["x-request-id"]
+    # A Rejection raised in a plugin's endpoint is OpenAI's JSON error, not a plain-text 500.
+    resp = await gw.client.get("/-/refuse")
+    assert resp.status == 409 and resp.content_type == "application/json"
+    assert (await resp.json())["error"] == {"message": "not now", "type": "invalid_request_error", "param": None,
+                                            "code": "busy"}
 
 
 async def test_hook_proxy_startup_and_proxy_shutdown(aiohttp_client, mock_upstream):
