@@ -24,7 +24,7 @@ from .app import create_app
 from .config import config_from_dict
 from .errors import ConfigErrors
 from .mock_upstream import MockSettings, MockUpstream
-from .yamlsource import load_yaml
+from .config.source import load_yaml
 
 DEMO_KEY = "fg-demo-key"
 TRIAL_KEY = "fg-trial-key"

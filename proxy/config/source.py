@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, ConfigErrors
+from ..errors import ConfigError, ConfigErrors
 
 Path = tuple[str | int, ...]
 

@@ -1,0 +1,36 @@
+"""The configuration: strict schema, located errors, the model catalogue.
+
+- ``schema``: the core sections as pydantic models (and the setting types plugins share);
+- ``source``: YAML with the line of every key, duplicate keys refused, ``${ENV}`` substitution;
+- ``validation``: pydantic errors as ``config.yaml:LINE dotted.path: message``;
+- ``catalogue``: :class:`Config`, the validated config of one application;
+- ``loading``: :func:`load_config`, :func:`parse_config`, :func:`config_from_dict`.
+"""
+
+from .catalogue import Config
+from .loading import config_from_dict, load_config, parse_config
+from .schema import (
+    BUILTIN_SCHEME,
+    MOCK_BASE_URL,
+    AttemptTimeouts,
+    CoreSettings,
+    ModelSettings,
+    NonEmptyStr,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Price,
+    ServerSettings,
+    Settings,
+    TimeoutOverrides,
+    Timeouts,
+    UpstreamSettings,
+)
+
+__all__ = [
+    "BUILTIN_SCHEME", "MOCK_BASE_URL", "AttemptTimeouts", "Config", "CoreSettings", "ModelSettings",
+    "NonEmptyStr", "NonNegativeFloat", "NonNegativeInt", "PositiveFloat", "PositiveInt", "Price",
+    "ServerSettings", "Settings", "TimeoutOverrides", "Timeouts", "UpstreamSettings", "config_from_dict",
+    "load_config", "parse_config",
+]

@@ -1,0 +1,141 @@
+"""The core sections of ``config.yaml`` as strict pydantic models.
+
+Every section is a :class:`Settings` (``extra="forbid"``, frozen): an unknown or
+misspelled key is an error naming its path and line, never silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from ..types import Usage
+
+#: ``upstreams.<name>.base_url`` prefix of upstreams a plugin starts in-process
+#: (``builtin:mock``: the mock upstream tool, through ``proxy_builtin_upstream``).
+BUILTIN_SCHEME = "builtin:"
+MOCK_BASE_URL = "builtin:mock"
+
+# Setting types shared by the core and every plugin (exported by ``proxy``).
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+
+class Settings(BaseModel):
+    """Base for every config section, core or plugin: strict, immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(Settings):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: PositiveInt = 4 * 1024 * 1024
+    shutdown_timeout: PositiveFloat = 30.0
+    access_log: bool = True
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Timeouts(Settings):
+    """Seconds. ``first_byte`` bounds the wait for the response headers (and, for
+    streams, the first event); ``total`` bounds one attempt from start to end."""
+
+    connect: PositiveFloat = 10.0
+    first_byte: PositiveFloat = 60.0
+    total: PositiveFloat = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptTimeouts:
+    """The resolved timeouts of one attempt, in seconds."""
+
+    connect: float
+    first_byte: float
+    total: float
+
+    def capped(self, cap: float) -> AttemptTimeouts:
+        cap = max(cap, 0.001)
+        if cap >= self.first_byte and cap >= self.total:
+            return self
+        return AttemptTimeouts(self.connect, min(self.first_byte, cap), min(self.total, cap))
+
+
+class TimeoutOverrides(Settings):
+    connect: PositiveFloat | None = None
+    first_byte: PositiveFloat | None = None
+    total: PositiveFloat | None = None
+
+
+class UpstreamSettings(Settings):
+    base_url: str
+    api_key: SecretStr | None = None
+    timeouts: Timeouts = Timeouts()
+    pool_size: PositiveInt = 100
+    stream_options: bool = Field(True, description="whether it accepts stream_options.include_usage")
+    headers: dict[str, str] = {}
+    # Options of a ``builtin:`` upstream, validated by the plugin that serves it.
+    mock: dict[str, Any] | None = None
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key(cls, value: Any) -> Any:
+        return None if value == "" else value  # "${KEY:-}" with KEY unset: no key
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://", BUILTIN_SCHEME)):
+            raise ValueError(f"must be an http(s):// URL or {MOCK_BASE_URL!r}")
+        return value.rstrip("/")
+
+    @property
+    def is_builtin(self) -> bool:
+        """Served by a plugin in-process (``builtin:<kind>``), not at a URL."""
+        return self.base_url.startswith(BUILTIN_SCHEME)
+
+
+class Price(Settings):
+    """US dollars per million tokens."""
+
+    input: NonNegativeFloat = 0.0
+    output: NonNegativeFloat = 0.0
+    cached_input: NonNegativeFloat | None = None
+
+    def cost(self, usage: Usage) -> float:
+        """US dollars for ``usage``: cached prompt tokens at ``cached_input`` when
+        it is set (else at ``input``), the rest of the prompt at ``input``, the
+        completion at ``output``."""
+        cached = min(usage.cached_tokens, usage.prompt_tokens)
+        cached_price = self.input if self.cached_input is None else self.cached_input
+        return ((usage.prompt_tokens - cached) * self.input + cached * cached_price
+                + usage.completion_tokens * self.output) / 1_000_000
+
+
+class ModelSettings(Settings):
+    upstream: str
+    upstream_model: str | None = None
+    timeouts: TimeoutOverrides = TimeoutOverrides()
+    price: Price = Price()
+    fallbacks: list[str] = []
+    kind: Literal["chat", "embedding", "completion"] = "chat"
+
+
+class PluginsSection(Settings):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    modules: list[str] = []
+    disabled: list[str] = []
+
+
+class CoreSettings(Settings):
+    server: ServerSettings = ServerSettings()
+    upstreams: dict[str, UpstreamSettings] = Field(min_length=1)
+    models: dict[str, ModelSettings] = {}
+    aliases: dict[str, str] = {}
+    plugins: PluginsSection = PluginsSection()
+
+
