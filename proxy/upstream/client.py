@@ -14,101 +14,14 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import aiohttp
 import orjson
-from multidict import CIMultiDict
 
-from .config import AttemptTimeouts, Config, UpstreamSettings
-from .errors import Rejection, error_body
+from ..config import AttemptTimeouts, Config, UpstreamSettings
+from ..errors import error_body
+from .failures import EXCERPT_CHARS, UpstreamError, excerpt, parse_retry_after
 
 log = logging.getLogger("floodgate.upstream")
 
-# Request headers never forwarded: hop-by-hop ones, the client's credentials
-# (a Floodgate key), and what aiohttp sets itself.
-_DROP_REQUEST = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "trailers", "transfer-encoding", "upgrade", "host", "content-length", "authorization",
-    "api-key", "x-api-key", "cookie", "accept-encoding", "x-request-id", "openai-organization",
-    "openai-project", "content-type", "x-floodgate-tier",
-})
-# Response headers not relayed: hop-by-hop, framing recomputed by us, and the
-# upstream's own rate-limit/identity headers (they describe Floodgate's account).
-_DROP_RESPONSE = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "trailers", "transfer-encoding", "upgrade", "content-length", "content-encoding", "date",
-    "server", "set-cookie", "x-request-id", "openai-organization", "openai-project",
-})
-_EXCERPT = 200
 _MAX_ERROR_BODY = 64 * 1024
-
-
-class UpstreamError(Exception):
-    """A failed upstream try.
-
-    :param kind: ``"http"``, ``"timeout"``, ``"connect"`` or ``"invalid_body"``.
-    :param body: for ``"http"``, the upstream's body when it was an OpenAI-shaped error.
-    """
-
-    def __init__(self, kind: str, detail: str, *, status: int | None = None,
-                 retry_after: float | None = None, body: bytes | None = None) -> None:
-        super().__init__(detail)
-        self.kind = kind
-        self.detail = detail
-        self.status = status
-        self.retry_after = retry_after
-        self.body = body
-
-    def to_rejection(self) -> Rejection:
-        """The error the client sees when this was the last try."""
-        if self.kind == "timeout":
-            return Rejection(504, f"upstream timed out: {self.detail}", code="upstream_timeout", type="server_error")
-        if self.kind == "http" and self.status is not None:
-            if self.status in (401, 403):
-                # The upstream refused Floodgate's own credentials: not the caller's fault.
-                return Rejection(502, f"upstream rejected the gateway's credentials (HTTP {self.status})",
-                                 code="upstream_auth_failed", type="server_error")
-            if 400 <= self.status < 500 and self.body is not None:
-                headers = {"retry-after": f"{self.retry_after:g}"} if self.retry_after is not None else {}
-                return RelayedRejection(self.status, self.body, headers)
-        return Rejection(502, self.detail, code="upstream_error", type="server_error")
-
-
-class RelayedRejection(Rejection):
-    """An upstream's own OpenAI-shaped 4xx error, relayed with its status."""
-
-    def __init__(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
-        try:
-            message = str(orjson.loads(body)["error"].get("message", ""))
-        except Exception:
-            message = ""
-        super().__init__(status, message or f"upstream returned HTTP {status}", headers=headers,
-                         should_retry=False if status != 429 else None)
-        self._body = body
-
-    def body(self) -> bytes:
-        return self._body
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # HTTP-date form: rare from APIs; let backoff decide
-
-
-def excerpt(body: bytes) -> str:
-    text = body[:_EXCERPT * 2].decode("utf-8", "replace")
-    text = " ".join(text.split())
-    return text[:_EXCERPT] + ("…" if len(text) > _EXCERPT else "")
-
-
-def forwardable_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in headers.items() if k.lower() not in _DROP_REQUEST}
-
-
-def relayable_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
-    return CIMultiDict((k, v) for k, v in headers.items()
-                       if k.lower() not in _DROP_RESPONSE and not k.lower().startswith("x-ratelimit-"))
 
 
 class Upstreams:
@@ -214,7 +127,7 @@ class Upstreams:
             data = orjson.loads(raw)
             if isinstance(data, dict) and isinstance(data.get("error"), dict):
                 relay = raw
-                message = str(data["error"].get("message", ""))[:_EXCERPT]
+                message = str(data["error"].get("message", ""))[:EXCERPT_CHARS]
             else:
                 message = excerpt(raw)
         except orjson.JSONDecodeError:

@@ -1,0 +1,31 @@
+"""Which headers cross the gateway, in each direction."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from multidict import CIMultiDict
+
+# Request headers never forwarded: hop-by-hop ones, the client's credentials
+# (a Floodgate key), and what aiohttp sets itself.
+_DROP_REQUEST = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "trailers", "transfer-encoding", "upgrade", "host", "content-length", "authorization",
+    "api-key", "x-api-key", "cookie", "accept-encoding", "x-request-id", "openai-organization",
+    "openai-project", "content-type", "x-floodgate-tier",
+})
+# Response headers not relayed: hop-by-hop, framing recomputed by us, and the
+# upstream's own rate-limit/identity headers (they describe Floodgate's account).
+_DROP_RESPONSE = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "trailers", "transfer-encoding", "upgrade", "content-length", "content-encoding", "date",
+    "server", "set-cookie", "x-request-id", "openai-organization", "openai-project",
+})
+
+def forwardable_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in _DROP_REQUEST}
+
+
+def relayable_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    return CIMultiDict((k, v) for k, v in headers.items()
+                       if k.lower() not in _DROP_RESPONSE and not k.lower().startswith("x-ratelimit-"))
