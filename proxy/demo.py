@@ -22,9 +22,9 @@ from aiohttp import web
 
 from .app import create_app
 from .config import config_from_dict
+from .config.source import load_yaml
 from .errors import ConfigErrors
 from .mock_upstream import MockSettings, MockUpstream
-from .config.source import load_yaml
 
 DEMO_KEY = "fg-demo-key"
 TRIAL_KEY = "fg-trial-key"
