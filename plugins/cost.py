@@ -215,6 +215,8 @@ class CostPlugin:
 
     @proxy.hookimpl(tryfirst=True)  # ctx.cost must be set before any other observer reads it
     def proxy_finished(self, ctx: proxy.RequestContext) -> None:
+        if ctx.kind is proxy.EndpointKind.ADMIN:
+            return  # the gateway's own endpoints cost nothing and are not usage
         now = time.time()
         if now >= self._day_end:
             self._roll(now)

@@ -40,7 +40,6 @@ counts its decisions inside ``proxy_route`` counts these too.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Awaitable, Iterable
 from typing import Annotated, Any
@@ -294,16 +293,11 @@ class FaqPlugin:
         return self._account_saving(ctx)
 
     async def _account_saving(self, ctx: proxy.RequestContext) -> None:
-        """Price the answer at the route the request would have taken (``ctx.route`` untouched)."""
+        """Price the answer at the route the request would have taken (asked as a preview:
+        the route hooks record nothing for a request that was never routed)."""
         if ctx.usage is None or self.hooks is None:
             return
-        # On a copy: route hooks may note things in ctx.state or response headers, which
-        # must not show up in the record of a request that was never routed.
-        probe = dataclasses.replace(ctx, state={}, response_headers={}, attempts=[])
-        try:
-            route = await self.hooks.first_result("proxy_route", ctx=probe)
-        except proxy.Rejection:  # an unknown model: nothing would have been spent
-            return
+        route = await self.hooks.preview_route(ctx)
         if route is None or not route.targets:
             return
         model = route.targets[0].model

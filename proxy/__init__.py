@@ -4,7 +4,8 @@ This module is the public API, the one the built-in plugins use and the only one
 a third-party plugin needs.
 """
 
-from .app import CONFIG, HOOKS, REGISTRY, UPSTREAMS, authenticate, create_app, require_admin
+from .admin import authenticate, require_admin
+from .app import create_app
 from .cli import add_config_option
 from .config import (
     Config,
@@ -20,6 +21,7 @@ from .config import (
 )
 from .errors import ConfigError, ConfigErrors, Rejection
 from .hookspecs import hookimpl
+from .keys import CONFIG, HOOKS, REGISTRY, UPSTREAMS
 from .metrics import LabelCache
 from .tokens import estimate_prompt_tokens, estimate_text_tokens
 from .types import (
@@ -27,6 +29,7 @@ from .types import (
     STOP,
     Attempt,
     AttemptRecord,
+    EndpointKind,
     Principal,
     Reply,
     RequestContext,
@@ -43,7 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ANONYMOUS", "STOP", "NonEmptyStr", "NonNegativeFloat", "NonNegativeInt", "PositiveFloat", "PositiveInt",
-    "add_config_option", "Attempt", "AttemptRecord", "CONFIG", "Config", "ConfigError", "ConfigErrors",
+    "add_config_option", "Attempt", "AttemptRecord", "CONFIG", "EndpointKind", "Config", "ConfigError", "ConfigErrors",
     "HOOKS", "LabelCache", "Price", "Principal", "REGISTRY", "Rejection", "Reply", "RequestContext", "Route",
     "Settings", "Stop", "StreamChunk", "Target", "Timings", "UPSTREAMS", "UpstreamResponse", "Usage",
     "authenticate", "create_app", "estimate_prompt_tokens", "estimate_text_tokens", "hookimpl", "load_config",

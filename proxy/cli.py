@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from .config import Config, load_config
 from .errors import ConfigErrors
+from .hooks import Hooks
 from .loader import BUILTIN_PLUGINS, build_plugin_manager
 
 DEFAULT_CONFIG = os.environ.get("FLOODGATE_CONFIG", "config.yaml")
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     pm, _, errors = build_plugin_manager(core=[], builtins=BUILTIN_PLUGINS)
     for error in errors:
         print(f"warning: {error}", file=sys.stderr)
-    pm.hook.proxy_add_commands(subparsers=sub)
+    Hooks(pm).add_commands(sub)
     return parser
 
 

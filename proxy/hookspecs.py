@@ -9,11 +9,25 @@ Ordering follows pluggy: ``tryfirst`` implementations run before plain ones, and
 ``trylast`` after; the core's own defaults are ``trylast``. Do not use pluggy's
 ``firstresult``/``wrapper`` machinery: the core's dispatcher implements "first
 non-None result" itself so that async implementations work.
+
+Each spec declares its mode in code, once (:func:`spec`); the dispatcher
+(:class:`proxy.hooks.Hooks`) calls every hook by its declared mode, and the loader
+refuses at start-up an ``async def`` implementation of a sync-only hook.
+
+- ``FIRST``: implementations run in order until one returns something other
+  than ``None``; that is the result.
+- ``ALL``: every implementation runs; an exception propagates (the request is
+  refused: security stages fail closed); the non-``None`` results are collected.
+- ``OBSERVE``: every implementation runs; an exception is logged and changes
+  nothing (observers fail open).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
@@ -27,13 +41,43 @@ if TYPE_CHECKING:
     from .types import Attempt, Principal, Reply, RequestContext, Route, Stop, StreamChunk, UpstreamResponse
 
 PROJECT = "floodgate"
-hookspec = pluggy.HookspecMarker(PROJECT)
+_pluggy_spec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Mode(enum.Enum):
+    FIRST = "first non-None result"
+    ALL = "all run, failures propagate"
+    OBSERVE = "all run, failures logged"
+
+
+@dataclass(frozen=True, slots=True)
+class HookMode:
+    """How a hook is called: its :class:`Mode`, and whether implementations may be async."""
+
+    mode: Mode
+    may_be_async: bool
+
+
+#: Every hook's declared mode, by hook name (filled by :func:`spec`).
+MODES: dict[str, HookMode] = {}
+
+
+def spec(mode: Mode, *, may_be_async: bool) -> Callable[[F], F]:
+    """Declare a hook: register it with pluggy and record how it is called."""
+
+    def declare(fn: F) -> F:
+        MODES[fn.__name__] = HookMode(mode, may_be_async)
+        return _pluggy_spec(fn)  # type: ignore[no-any-return]
+
+    return declare
 
 
 # --- lifecycle -------------------------------------------------------------
 
-@hookspec
+@spec(Mode.ALL, may_be_async=False)
 def proxy_configure(config: Config, registry: CollectorRegistry) -> None:
     """Read and validate this plugin's settings; create its metrics.
 
@@ -49,7 +93,7 @@ def proxy_configure(config: Config, registry: CollectorRegistry) -> None:
     """
 
 
-@hookspec
+@spec(Mode.ALL, may_be_async=False)
 def proxy_add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add subcommands to the ``floodgate`` command line (e.g. ``floodgate usage``).
 
@@ -61,7 +105,7 @@ def proxy_add_commands(subparsers: argparse._SubParsersAction) -> None:
     """
 
 
-@hookspec
+@spec(Mode.ALL, may_be_async=False)
 def proxy_route_names(config: Config) -> list[str]:
     """Names of routes this plugin can serve (e.g. the router's tiers).
 
@@ -71,7 +115,7 @@ def proxy_route_names(config: Config) -> list[str]:
     """
 
 
-@hookspec
+@spec(Mode.ALL, may_be_async=False)
 def proxy_add_routes(app: web.Application) -> None:
     """Add HTTP endpoints to the application (e.g. ``/-/usage``).
 
@@ -80,7 +124,7 @@ def proxy_add_routes(app: web.Application) -> None:
     """
 
 
-@hookspec
+@spec(Mode.FIRST, may_be_async=True)
 def proxy_builtin_upstream(name: str, settings: UpstreamSettings) -> str | None:
     """Start an in-process upstream for ``base_url: builtin:<kind>``; return its base URL.
 
@@ -94,7 +138,7 @@ def proxy_builtin_upstream(name: str, settings: UpstreamSettings) -> str | None:
     """
 
 
-@hookspec
+@spec(Mode.ALL, may_be_async=True)
 def proxy_startup(app: web.Application) -> None:
     """The application is starting (may be async): open files, start tasks.
 
@@ -102,7 +146,7 @@ def proxy_startup(app: web.Application) -> None:
     """
 
 
-@hookspec
+@spec(Mode.OBSERVE, may_be_async=True)
 def proxy_shutdown(app: web.Application) -> None:
     """The application is stopping (may be async), after in-flight requests ended.
 
@@ -113,7 +157,7 @@ def proxy_shutdown(app: web.Application) -> None:
 
 # --- per request, in order -------------------------------------------------
 
-@hookspec
+@spec(Mode.FIRST, may_be_async=True)
 def proxy_authenticate(ctx: RequestContext) -> Principal | None:
     """Identify the caller. Stops at the first non-``None`` result.
 
@@ -124,7 +168,7 @@ def proxy_authenticate(ctx: RequestContext) -> Principal | None:
     """
 
 
-@hookspec
+@spec(Mode.FIRST, may_be_async=True)
 def proxy_short_circuit(ctx: RequestContext) -> Reply | None:
     """Answer without any upstream call. Stops at the first non-``None`` result.
 
@@ -135,7 +179,7 @@ def proxy_short_circuit(ctx: RequestContext) -> Reply | None:
     """
 
 
-@hookspec
+@spec(Mode.FIRST, may_be_async=True)
 def proxy_route(ctx: RequestContext) -> Route | None:
     """Choose the ordered targets for the request. Stops at the first non-``None``.
 
@@ -147,7 +191,7 @@ def proxy_route(ctx: RequestContext) -> Route | None:
     """
 
 
-@hookspec
+@spec(Mode.ALL, may_be_async=True)
 def proxy_admit(ctx: RequestContext) -> None:
     """Decide whether the routed request may go ahead now. All implementations run.
 
@@ -158,7 +202,7 @@ def proxy_admit(ctx: RequestContext) -> None:
     """
 
 
-@hookspec
+@spec(Mode.FIRST, may_be_async=True)
 def proxy_next_attempt(ctx: RequestContext) -> Attempt | Stop | None:
     """What to try next. Stops at the first non-``None`` result.
 
@@ -171,7 +215,7 @@ def proxy_next_attempt(ctx: RequestContext) -> Attempt | Stop | None:
     """
 
 
-@hookspec
+@spec(Mode.ALL, may_be_async=True)
 def proxy_response(ctx: RequestContext, response: UpstreamResponse) -> None:
     """A non-streaming upstream success, before it is sent. All implementations run.
 
@@ -181,7 +225,7 @@ def proxy_response(ctx: RequestContext, response: UpstreamResponse) -> None:
     """
 
 
-@hookspec
+@spec(Mode.ALL, may_be_async=False)
 def proxy_stream_chunk(ctx: RequestContext, chunk: StreamChunk) -> None:
     """One SSE event of a relayed stream, before it is sent. All implementations run.
 
@@ -191,7 +235,7 @@ def proxy_stream_chunk(ctx: RequestContext, chunk: StreamChunk) -> None:
     """
 
 
-@hookspec
+@spec(Mode.OBSERVE, may_be_async=True)
 def proxy_finished(ctx: RequestContext) -> None:
     """The request is over and its response sent. All implementations run.
 

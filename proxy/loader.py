@@ -25,6 +25,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import ConfigError
+from .hooks import sync_only_violations
 
 #: The built-in plugins, in registration order.
 BUILTIN_PLUGINS: tuple[str, ...] = (
@@ -163,4 +164,5 @@ def build_plugin_manager(
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         errors.append(ConfigError("plugins", f"plugin {exc.plugin!r}: {exc}"))
+    errors.extend(sync_only_violations(pm))
     return pm, infos, errors

@@ -5,6 +5,7 @@ Everything here is part of the public API: plugins receive and return these.
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,9 +19,18 @@ if TYPE_CHECKING:
     from .config import Config
 
 __all__ = [
-    "Principal", "ANONYMOUS", "Reply", "Target", "Route", "Attempt", "STOP", "Stop",
+    "EndpointKind", "Principal", "ANONYMOUS", "Reply", "Target", "Route", "Attempt", "STOP", "Stop",
     "AttemptRecord", "Usage", "Timings", "RequestContext", "UpstreamResponse", "StreamChunk",
 ]
+
+
+class EndpointKind(enum.Enum):
+    """What a request is for: it decides the stages it runs through."""
+
+    MODEL = "model"  # POST to a model endpoint: every stage
+    MODELS = "models"  # GET /v1/models[/{id}]
+    PASSTHROUGH = "passthrough"  # any other /v1 path, relayed to the default upstream
+    ADMIN = "admin"  # /-/ endpoints of the core and of plugins
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +215,9 @@ class RequestContext:
     :param raw: the body bytes exactly as received.
     :param model: the model the client asked for (``None`` if it named none).
     :param state: scratch space for plugins to share data within one request.
+    :param kind: what the request is for (model call, model list, passthrough, admin).
+    :param preview: ``True`` on the copy :meth:`proxy.hooks.Hooks.preview_route` routes
+        speculatively: record nothing (no metrics, no state for later stages).
     """
 
     request_id: str
@@ -229,6 +242,8 @@ class RequestContext:
     timings: Timings = field(default_factory=Timings)
     response_headers: dict[str, str] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    kind: EndpointKind = EndpointKind.MODEL
+    preview: bool = False
 
     @property
     def target(self) -> Target | None:

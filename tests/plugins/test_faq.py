@@ -252,7 +252,7 @@ async def test_hits_and_saved_cost_metrics(floodgate, mock_upstream):
     router = TierRouter()
     gw = await floodgate(plugins=[router, FaqPlugin()], plugin_settings={"faq": {"rules": RULES}},
                          aliases={"shop-bot": "deepseek-v3.2"})
-    assert gw.app[proxy.HOOKS].implementations("proxy_finished")[:2] == ("faq", "tier-router")
+    assert gw.app[proxy.HOOKS].implementations(proxy.hookspecs.proxy_finished)[:2] == ("faq", "tier-router")
     client = gw.openai()
     r1 = await client.chat.completions.create(model="gpt-4.1", messages=user("包邮吗?"))
     r2 = await client.chat.completions.create(model="gpt-4.1", messages=user("怎么退货"))

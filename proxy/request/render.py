@@ -8,8 +8,8 @@ from typing import Any
 
 import orjson
 
-from .config import Config
-from .types import Reply, Usage
+from ..config import Config
+from ..types import Reply, Usage
 
 SSE_DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {

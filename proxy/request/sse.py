@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import orjson
 
-from .types import StreamChunk, Usage
+from ..types import StreamChunk, Usage
 
 # A usage chunk has a non-null "usage"; every other chunk of an include_usage
 # stream carries "usage": null. Only chunks that pass this test are parsed.

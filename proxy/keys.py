@@ -1,0 +1,22 @@
+"""The application's state, by :class:`aiohttp.web.AppKey` (no module-level state)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from .config import Config
+from .hooks import Hooks
+from .upstream import Upstreams
+
+CONFIG = web.AppKey("floodgate.config", Config)
+PLUGIN_MANAGER = web.AppKey("floodgate.plugin_manager", pluggy.PluginManager)
+PLUGINS = web.AppKey("floodgate.plugins", list)
+HOOKS = web.AppKey("floodgate.hooks", Hooks)
+UPSTREAMS = web.AppKey("floodgate.upstreams", Upstreams)
+REGISTRY = web.AppKey("floodgate.registry", CollectorRegistry)
+GATEWAY: web.AppKey[Any] = web.AppKey("floodgate.gateway")
+READY = web.AppKey("floodgate.ready", dict)

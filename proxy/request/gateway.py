@@ -1,0 +1,166 @@
+"""The stage sequence: parse, authenticate, short-circuit, route, admit, attempts,
+respond, finished — and the request's life around it (context, errors, disconnects).
+
+The core owns the mechanism only; every decision is a hook (see ``hookspecs.py``).
+One :class:`Gateway` exists per application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..config import Config
+from ..errors import Rejection, error_response
+from ..hooks import Hooks
+from ..hookspecs import proxy_admit, proxy_short_circuit
+from ..metrics import CoreMetrics
+from ..tokens import estimate_prompt_tokens
+from ..types import EndpointKind, Principal, RequestContext, Usage
+from ..upstream import Upstreams
+from .attempts import AttemptRunner
+from .models import serve_models
+from .parse import parse_model_request
+from .passthrough import Passthrough
+from .respond import render_reply
+
+log = logging.getLogger("floodgate")
+
+MODEL_ENDPOINTS = ("chat/completions", "completions", "embeddings", "responses")
+_SHORT_CIRCUIT_ENDPOINTS = frozenset({"chat/completions", "completions"})
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+#: The context of the request an admin endpoint is serving (``request[REQUEST_CONTEXT]``).
+REQUEST_CONTEXT = web.RequestKey("floodgate.request_context", RequestContext)
+
+Process = Callable[[web.Request, RequestContext], Awaitable[web.StreamResponse]]
+
+
+def _new_request_id(request: web.Request) -> str:
+    given = request.headers.get("x-request-id")
+    if given and _REQUEST_ID_RE.match(given):
+        return given
+    return os.urandom(16).hex()
+
+
+class Gateway:
+    """Handles every client-facing endpoint of one application."""
+
+    def __init__(self, config: Config, hooks: Hooks, upstreams: Upstreams, metrics: CoreMetrics) -> None:
+        self.config = config
+        self.hooks = hooks
+        self.metrics = metrics
+        self.max_body = config.server.max_body_bytes
+        self.attempts = AttemptRunner(config, hooks, upstreams)
+        self.passthrough_relay = Passthrough(config, hooks, upstreams)
+        # Decided once: hooks nobody implements cost nothing per request.
+        self._short_circuit = hooks.implemented(proxy_short_circuit)
+        self._admit = hooks.implemented(proxy_admit)
+
+    # -- entry points -------------------------------------------------------
+    def model_handler(self, endpoint: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self.serve(request, endpoint, EndpointKind.MODEL, self._model_request)
+        return handler
+
+    async def passthrough(self, request: web.Request) -> web.StreamResponse:
+        path = request.match_info["tail"]
+        return await self.serve(request, f"passthrough:{path}", EndpointKind.PASSTHROUGH,
+                                self.passthrough_relay.serve)
+
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        async def process(request: web.Request, ctx: RequestContext) -> web.StreamResponse:
+            return await serve_models(request, ctx, self.config, self.hooks)
+        return await self.serve(request, "models", EndpointKind.MODELS, process)
+
+    @web.middleware
+    async def admin_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Admin endpoints (``/-/...``, plugins' included) run the normal request path:
+        authenticated first, then ``proxy_finished`` (access log, metrics) once they answered."""
+        if not request.path.startswith("/-/"):
+            return await handler(request)
+
+        async def process(request: web.Request, ctx: RequestContext) -> web.StreamResponse:
+            ctx.principal = await self.hooks.authenticate(ctx)
+            request[REQUEST_CONTEXT] = ctx
+            response: web.StreamResponse = await handler(request)
+            ctx.status = response.status
+            return response
+        return await self.serve(request, request.path[1:], EndpointKind.ADMIN, process)
+
+    # -- the request's life ----------------------------------------------------
+    async def serve(self, request: web.Request, endpoint: str, kind: EndpointKind,
+                    process: Process) -> web.StreamResponse:
+        ctx = RequestContext(
+            request_id=_new_request_id(request), method=request.method, endpoint=endpoint,
+            headers=request.headers, config=self.config, kind=kind,
+        )
+        self.metrics.in_flight.inc()
+        response: web.StreamResponse | None = None
+        try:
+            try:
+                response = await process(request, ctx)
+            except Rejection as rejection:
+                response = self._reject(ctx, rejection)
+            except Exception:
+                log.exception("request %s failed inside the proxy", ctx.request_id)
+                response = self._reject(ctx, Rejection(500, "internal error in the gateway", code="internal_error",
+                                                       type="server_error"))
+            if not response.prepared:
+                await response.prepare(request)
+                await response.write_eof()
+        except asyncio.CancelledError:
+            _disconnected(ctx)
+            if ctx.attempts and ctx.usage is None:
+                # The upstream saw the prompt before we cancelled it: account for it.
+                ctx.usage = Usage(estimate_prompt_tokens(ctx.body), 0)
+                ctx.usage_estimated = True
+            raise
+        except ConnectionResetError:
+            _disconnected(ctx)
+        finally:
+            ctx.timings.done = time.perf_counter()
+            self.metrics.in_flight.dec()
+            await self.hooks.finished(ctx)
+        return response if response is not None else web.Response(status=499)
+
+    def _reject(self, ctx: RequestContext, rejection: Rejection) -> web.Response:
+        ctx.status = rejection.status
+        ctx.error = rejection.code or rejection.type
+        response = error_response(rejection, ctx.request_id)
+        for key, value in ctx.response_headers.items():
+            response.headers.setdefault(key, value)
+        return response
+
+    async def _model_request(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
+        """The stages of a model call, in order."""
+        await parse_model_request(request, ctx, self.max_body)
+        hooks = self.hooks
+        ctx.principal = await hooks.authenticate(ctx)
+        if self._short_circuit and ctx.endpoint in _SHORT_CIRCUIT_ENDPOINTS:
+            reply = await hooks.short_circuit(ctx)
+            if reply is not None:
+                return render_reply(ctx, reply)
+        ctx.route = await hooks.route(ctx)
+        if self._admit:
+            await hooks.admit(ctx)
+        return await self.attempts.run(request, ctx)
+
+
+def _disconnected(ctx: RequestContext) -> None:
+    ctx.client_disconnected = True
+    ctx.status = 499  # "client closed request"
+    ctx.error = ctx.error or "client_disconnected"
+
+
+def request_principal(request: web.Request) -> Principal | None:
+    """The caller of the admin request being served, if it went through :meth:`Gateway.admin_middleware`."""
+    ctx = request.get(REQUEST_CONTEXT)
+    return ctx.principal if ctx is not None else None

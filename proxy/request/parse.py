@@ -1,0 +1,76 @@
+"""Stage 1, parse: read the body once, parse it once, check the fields the core needs.
+
+Everything else in the body is the upstream's to judge: unknown fields pass through
+untouched. Errors are 400 naming the ``param``, 405 for a wrong method, 413 for a
+body over ``server.max_body_bytes``.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from ..errors import Rejection
+from ..types import RequestContext
+
+
+def too_large(max_body: int) -> Rejection:
+    return Rejection(413, f"request body is larger than {max_body} bytes", code="request_too_large",
+                     should_retry=False)
+
+
+async def read_body(request: web.Request, ctx: RequestContext, max_body: int) -> None:
+    """Read the whole body into ``ctx.raw`` (bounded by ``max_body``)."""
+    if request.content_length is not None and request.content_length > max_body:
+        raise too_large(max_body)
+    try:
+        # Bounded by the application's client_max_size (= max_body_bytes).
+        ctx.raw = await request.read() if request.body_exists else b""
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large(max_body) from None
+    except aiohttp.ClientError as exc:  # broken chunked upload
+        raise Rejection(400, f"could not read the request body: {type(exc).__name__}") from None
+
+
+async def parse_model_request(request: web.Request, ctx: RequestContext, max_body: int) -> None:
+    """Fill ``ctx.body``, ``ctx.model`` and ``ctx.stream`` from a model endpoint's JSON body."""
+    if request.method != "POST":
+        raise Rejection(405, f"method {request.method} is not allowed on /v1/{ctx.endpoint}; use POST",
+                        code="method_not_allowed", should_retry=False, headers={"Allow": "POST"})
+    await read_body(request, ctx, max_body)
+    try:
+        body = orjson.loads(ctx.raw)
+    except orjson.JSONDecodeError as exc:
+        raise Rejection(400, f"the request body is not valid JSON: {exc.args[0] if exc.args else exc}",
+                        code="invalid_json", should_retry=False) from None
+    if not isinstance(body, dict):
+        raise Rejection(400, "the request body must be a JSON object", param="body", code="invalid_type",
+                        should_retry=False)
+    ctx.body = body
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise Rejection(400, "you must provide a model parameter (a string)", param="model",
+                        code="missing_required_parameter" if model is None else "invalid_type",
+                        should_retry=False)
+    ctx.model = model
+    endpoint = ctx.endpoint
+    if endpoint == "chat/completions":
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            raise Rejection(400, "'messages' must be a list of message objects", param="messages",
+                            code="missing_required_parameter" if messages is None else "invalid_type",
+                            should_retry=False)
+        if not messages:
+            raise Rejection(400, "'messages' must contain at least one message", param="messages",
+                            code="invalid_value", should_retry=False)
+    elif endpoint in ("completions", "embeddings"):
+        key = "prompt" if endpoint == "completions" else "input"
+        if key not in body:
+            raise Rejection(400, f"'{key}' is required", param=key, code="missing_required_parameter",
+                            should_retry=False)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool) and stream is not None:
+        raise Rejection(400, "'stream' must be a boolean", param="stream", code="invalid_type",
+                        should_retry=False)
+    ctx.stream = bool(stream) and endpoint != "embeddings"

@@ -1,0 +1,106 @@
+"""Stage 7, respond (JSON): a non-streaming upstream success, or a short-circuit reply.
+
+Upstream bodies pass through as bytes unless a ``proxy_response`` plugin replaces
+them; they are parsed once, for the usage (estimated and marked when absent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from ..tokens import estimate_prompt_tokens, estimate_text_tokens
+from ..types import AttemptRecord, Reply, RequestContext, Target, UpstreamResponse, Usage
+from ..upstream import UpstreamError, excerpt, relayable_headers
+from .render import SSE_HEADERS, reply_json, reply_stream
+
+if TYPE_CHECKING:
+    from ..hooks import Hooks
+
+
+def set_route_headers(ctx: RequestContext, target: Target) -> None:
+    """``x-floodgate-model``, ``-route`` and ``-attempts`` of the attempt that answered."""
+    headers = ctx.response_headers
+    headers["x-floodgate-model"] = target.model
+    if ctx.route is not None:
+        headers["x-floodgate-route"] = ctx.route.name
+    headers["x-floodgate-attempts"] = str(len(ctx.attempts))
+
+
+async def complete(ctx: RequestContext, record: AttemptRecord, upstream: aiohttp.ClientResponse,
+                   total_timeout: float, hooks: Hooks | None) -> web.Response:
+    """Read the upstream's whole answer and build the client's response.
+
+    :param hooks: given when some plugin implements ``proxy_response``.
+    """
+    try:
+        async with asyncio.timeout(max(0.001, total_timeout - (time.perf_counter() - record.started))):
+            raw = await upstream.read()
+    except TimeoutError:
+        raise UpstreamError("timeout", f"the response did not complete within {total_timeout:g}s",
+                            status=upstream.status) from None
+    except (aiohttp.ClientPayloadError, aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+        raise UpstreamError("invalid_body", f"upstream body was cut short ({type(exc).__name__})",
+                            status=upstream.status) from None
+    finally:
+        upstream.release()
+    record.ended = time.perf_counter()
+    ctx.timings.upstream += record.duration
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("invalid_body", f"upstream returned HTTP {upstream.status} with a body that is "
+                            f"not JSON: {excerpt(raw)}", status=upstream.status) from None
+    usage = Usage.from_openai(data.get("usage")) if isinstance(data, dict) else None
+    if usage is None and isinstance(data, dict):
+        usage = Usage(estimate_prompt_tokens(ctx.body), completion_estimate(data))
+        ctx.usage_estimated = True
+    ctx.usage = usage
+    set_route_headers(ctx, record.target)
+    result = UpstreamResponse(upstream.status, {}, raw, data)
+    if hooks is not None:
+        await hooks.response(ctx, result)
+    ctx.status = upstream.status
+    headers = relayable_headers(upstream.headers)
+    headers.update(ctx.response_headers)
+    headers["x-request-id"] = ctx.request_id
+    headers.update(result.headers)
+    ctx.timings.first_byte = time.perf_counter()
+    return web.Response(status=upstream.status, body=result.raw, headers=headers)
+
+
+def render_reply(ctx: RequestContext, reply: Reply) -> web.Response:
+    """A short-circuit reply as ``chat.completion`` JSON, or as an SSE stream if asked."""
+    ctx.reply = reply
+    model = reply.model or ctx.model or "floodgate"
+    usage = reply.usage
+    if usage is None:
+        usage = Usage(estimate_prompt_tokens(ctx.body), estimate_text_tokens(reply.content))
+        ctx.usage_estimated = True
+    ctx.usage = usage
+    ctx.status = 200
+    headers = {"x-request-id": ctx.request_id, "x-floodgate-short-circuit": reply.source,
+               **ctx.response_headers, **reply.headers}
+    ctx.timings.first_byte = time.perf_counter()
+    if ctx.stream:
+        body = reply_stream(reply, endpoint=ctx.endpoint, model=model, usage=usage,
+                            include_usage=ctx.include_usage)
+        return web.Response(body=body, headers={**SSE_HEADERS, **headers})
+    body = reply_json(reply, endpoint=ctx.endpoint, model=model, usage=usage)
+    return web.Response(body=body, content_type="application/json", headers=headers)
+
+
+def completion_estimate(data: dict[str, Any]) -> int:
+    """Completion tokens of a response that reported no usage."""
+    total = 0
+    for choice in data.get("choices") or ():
+        if isinstance(choice, dict):
+            message = choice.get("message") or {}
+            text = message.get("content") if isinstance(message, dict) else None
+            total += estimate_text_tokens(text if isinstance(text, str) else str(choice.get("text") or ""))
+    return total
