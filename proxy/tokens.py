@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .types import content_text
+from .text import content_text
 
 # Per-message framing tokens (role markers) as counted by OpenAI's chat format.
 MESSAGE_OVERHEAD = 4

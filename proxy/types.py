@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from .text import last_user_text
+
 if TYPE_CHECKING:
     from multidict import CIMultiDictProxy
 
@@ -244,6 +246,7 @@ class RequestContext:
     state: dict[str, Any] = field(default_factory=dict)
     kind: EndpointKind = EndpointKind.MODEL
     preview: bool = False
+    _user_text: str | None = field(default=None, repr=False)
 
     @property
     def target(self) -> Target | None:
@@ -257,25 +260,12 @@ class RequestContext:
         return bool(isinstance(opts, dict) and opts.get("include_usage"))
 
     def last_user_text(self) -> str:
-        """The text of the last user message (chat) or the prompt (completions)."""
-        messages = self.body.get("messages")
-        if isinstance(messages, list):
-            for message in reversed(messages):
-                if isinstance(message, dict) and message.get("role") == "user":
-                    return content_text(message.get("content"))
-            return ""
-        prompt = self.body.get("prompt", self.body.get("input"))
-        return prompt if isinstance(prompt, str) else ""
-
-
-def content_text(content: Any) -> str:
-    """The text of a message ``content`` (a string, or a list of parts)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content
-                       if isinstance(p, dict) and p.get("type") in ("text", "input_text"))
-    return ""
+        """The text of the last user message (chat, Responses) or the prompt: computed once
+        per request (:func:`proxy.text.last_user_text`), so every plugin gets the same answer."""
+        text = self._user_text
+        if text is None:
+            text = self._user_text = last_user_text(self.body)
+        return text
 
 
 class UpstreamResponse:
