@@ -45,7 +45,7 @@ class _Impl:
 
     def __init__(self, impl: pluggy.HookImpl) -> None:
         self.plugin = impl.plugin_name
-        self.fn = impl.function
+        self.fn: Callable[..., Any] = impl.function
         self.argnames = tuple(impl.argnames)
         self.is_async = inspect.iscoroutinefunction(impl.function)
         self.ctx_only = self.argnames == _CTX_ONLY
@@ -160,7 +160,7 @@ class Hooks:
 
     async def builtin_upstream(self, name: str, settings: UpstreamSettings) -> str | None:
         result = await self._first("proxy_builtin_upstream", {"name": name, "settings": settings})
-        return self._checked("proxy_builtin_upstream", result, str)  # type: ignore[no-any-return]
+        return self._checked("proxy_builtin_upstream", result, str)
 
     async def startup(self, app: web.Application) -> None:
         await self._all("proxy_startup", {"app": app})
@@ -171,15 +171,15 @@ class Hooks:
     # -- per request, in order ------------------------------------------------------
     async def authenticate(self, ctx: RequestContext) -> Principal:
         result = await self._first("proxy_authenticate", {"ctx": ctx})
-        return self._checked("proxy_authenticate", result, Principal)  # type: ignore[no-any-return]
+        return self._checked("proxy_authenticate", result, Principal)
 
     async def short_circuit(self, ctx: RequestContext) -> Reply | None:
         result = await self._first("proxy_short_circuit", {"ctx": ctx})
-        return self._checked("proxy_short_circuit", result, Reply)  # type: ignore[no-any-return]
+        return self._checked("proxy_short_circuit", result, Reply)
 
     async def route(self, ctx: RequestContext) -> Route:
         result = await self._first("proxy_route", {"ctx": ctx})
-        return self._checked("proxy_route", result, Route)  # type: ignore[no-any-return]
+        return self._checked("proxy_route", result, Route)
 
     async def preview_route(self, ctx: RequestContext) -> Route | None:
         """The route ``ctx`` would get, asked on a copy marked ``preview`` (nothing is recorded).
@@ -198,7 +198,7 @@ class Hooks:
 
     async def next_attempt(self, ctx: RequestContext) -> Attempt | Stop | None:
         result = await self._first("proxy_next_attempt", {"ctx": ctx})
-        return self._checked("proxy_next_attempt", result, (Attempt, Stop))  # type: ignore[no-any-return]
+        return self._checked("proxy_next_attempt", result, (Attempt, Stop))
 
     async def response(self, ctx: RequestContext, response: UpstreamResponse) -> None:
         await self._all("proxy_response", {"ctx": ctx, "response": response})

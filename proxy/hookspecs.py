@@ -70,7 +70,7 @@ def spec(mode: Mode, *, may_be_async: bool) -> Callable[[F], F]:
 
     def declare(fn: F) -> F:
         MODES[fn.__name__] = HookMode(mode, may_be_async)
-        return _pluggy_spec(fn)  # type: ignore[no-any-return]
+        return _pluggy_spec(fn)
 
     return declare
 

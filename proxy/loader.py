@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +72,7 @@ class _Distributions:
     """Top-level package → distribution names, scanned at most once per load (the scan is slow)."""
 
     def __init__(self) -> None:
-        self._map: dict[str, list[str]] | None = None
+        self._map: Mapping[str, list[str]] | None = None
 
     def __call__(self, top: str) -> list[str]:
         if self._map is None:
