@@ -63,7 +63,7 @@ def create_app(
     upstreams = Upstreams(config)
     gateway = Gateway(config, hooks, upstreams, metrics)
     app = web.Application(client_max_size=config.server.max_body_bytes,
-                          middlewares=[_rejections, gateway.admin_middleware])
+                          middlewares=[_rejections, gateway.path_middleware, gateway.admin_middleware])
     app[CONFIG] = config
     app[PLUGIN_MANAGER] = pm
     app[PLUGINS] = infos

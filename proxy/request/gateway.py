@@ -22,6 +22,7 @@ from ..errors import Rejection, error_response
 from ..hooks import Hooks
 from ..hookspecs import proxy_admit, proxy_short_circuit
 from ..metrics import CoreMetrics
+from ..paths import checked_path, passthrough_tail
 from ..tokens import estimate_prompt_tokens
 from ..types import EndpointKind, Principal, RequestContext, Usage
 from ..upstream import Upstreams
@@ -39,6 +40,10 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 #: The context of the request an admin endpoint is serving (``request[REQUEST_CONTEXT]``).
 REQUEST_CONTEXT = web.RequestKey("floodgate.request_context", RequestContext)
+#: The request path, decoded once and checked (:func:`proxy.paths.checked_path`).
+REQUEST_PATH = web.RequestKey("floodgate.request_path", str)
+#: Paths (relative to ``/v1``) the gateway answers itself; other paths pass through.
+OWNED_PATHS = frozenset({*MODEL_ENDPOINTS, "models"})
 
 Process = Callable[[web.Request, RequestContext], Awaitable[web.StreamResponse]]
 
@@ -71,7 +76,7 @@ class Gateway:
         return handler
 
     async def passthrough(self, request: web.Request) -> web.StreamResponse:
-        path = request.match_info["tail"]
+        path = passthrough_tail(request[REQUEST_PATH], OWNED_PATHS)
         return await self.serve(request, f"passthrough:{path}", EndpointKind.PASSTHROUGH,
                                 self.passthrough_relay.serve)
 
@@ -79,6 +84,16 @@ class Gateway:
         async def process(request: web.Request, ctx: RequestContext) -> web.StreamResponse:
             return await serve_models(request, ctx, self.config, self.hooks)
         return await self.serve(request, "models", EndpointKind.MODELS, process)
+
+    @web.middleware
+    async def path_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """One routing truth: refuse an ambiguous path before any hook runs."""
+        try:
+            request[REQUEST_PATH] = checked_path(request.raw_path)
+        except Rejection:
+            self.metrics.requests("invalid_path", "-", "400").inc()
+            raise
+        return await handler(request)
 
     @web.middleware
     async def admin_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:

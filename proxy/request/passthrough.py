@@ -35,8 +35,9 @@ class Passthrough:
         timeouts = self.config.timeouts(target)
         try:
             upstream = await self.upstreams.open(
-                self.upstream, request.method, request.match_info["tail"], body=ctx.raw if ctx.raw else None,
-                headers=forwardable_headers(request.headers), timeouts=timeouts, query=request.query_string)
+                self.upstream, request.method, ctx.endpoint.removeprefix("passthrough:"),
+                body=ctx.raw if ctx.raw else None, headers=forwardable_headers(request.headers), timeouts=timeouts,
+                query=request.raw_path.partition("?")[2])
         except UpstreamError as exc:
             record_failure(ctx, record, exc)
             raise exc.to_rejection() from None

@@ -14,9 +14,11 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from ..config import AttemptTimeouts, Config, UpstreamSettings
 from ..errors import error_body
+from ..paths import upstream_url
 from .failures import EXCERPT_CHARS, UpstreamError, excerpt, parse_retry_after
 
 log = logging.getLogger("floodgate.upstream")
@@ -30,7 +32,8 @@ class Upstreams:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._sessions: dict[str, aiohttp.ClientSession] = {}
-        self._base_urls: dict[str, str] = {}
+        self._base_urls: dict[str, URL] = {}
+        self._urls: dict[tuple[str, str], URL] = {}  # (upstream, endpoint) of model calls, built once
         self._auth: dict[str, dict[str, str]] = {}
         self._connect_timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
@@ -38,7 +41,7 @@ class Upstreams:
     def ready(self) -> bool:
         return bool(self._sessions) and all(not s.closed for s in self._sessions.values())
 
-    def base_url(self, upstream: str) -> str:
+    def base_url(self, upstream: str) -> URL:
         return self._base_urls[upstream]
 
     async def start(self, builtin: Callable[[str, UpstreamSettings], Awaitable[str | None]]) -> None:
@@ -55,7 +58,7 @@ class Upstreams:
                     raise RuntimeError(f"upstreams.{name}.base_url: no loaded plugin serves {base_url!r} "
                                        "(the mock upstream is the 'mock' plugin of the floodgate package)")
                 base_url = started.rstrip("/")
-            self._base_urls[name] = base_url
+            self._base_urls[name] = URL(base_url)
             headers = dict(settings.headers)
             if settings.api_key is not None:
                 headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
@@ -75,15 +78,19 @@ class Upstreams:
         self._sessions.clear()
 
     async def open(self, upstream: str, method: str, path: str, *, body: bytes | None,
-                   headers: Mapping[str, str], timeouts: AttemptTimeouts, query: str = "") -> aiohttp.ClientResponse:
+                   headers: Mapping[str, str], timeouts: AttemptTimeouts,
+                   query: str | None = None) -> aiohttp.ClientResponse:
         """Send a request; return the response once its headers show a 2xx status.
 
         The caller reads (and releases) the body. Raises :class:`UpstreamError`.
         """
         session = self._sessions[upstream]
-        url = f"{self._base_urls[upstream]}/{path}"
-        if query:
-            url = f"{url}?{query}"
+        if query is not None:  # passthrough: any path under the base, with the client's query
+            url = upstream_url(self._base_urls[upstream], path, query)
+        else:  # a model endpoint: a handful of URLs, built once
+            url = self._urls.get((upstream, path))
+            if url is None:
+                url = self._urls[(upstream, path)] = upstream_url(self._base_urls[upstream], path)
         send_headers = {**headers, **self._auth[upstream]}
         client_timeout = self._connect_timeouts.get(timeouts.connect)
         if client_timeout is None:
