@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import orjson
 from aiohttp import web
 
-__all__ = ["Rejection", "ConfigError", "error_body", "error_response"]
+__all__ = ["Rejection", "ConfigError", "error_body", "error_response", "shorten"]
 
 # OpenAI's error "type" for each status the SDKs distinguish.
 _TYPE_FOR_STATUS = {
@@ -98,6 +98,12 @@ class ConfigErrors(Exception):
     def __init__(self, errors: list[ConfigError]) -> None:
         self.errors = errors
         super().__init__("\n".join(str(e) for e in errors))
+
+
+def shorten(value: str, limit: int = 100) -> str:
+    """A client-supplied value fit to echo in an error message (bounded, one line)."""
+    value = value if value.isprintable() else "".join(c if c.isprintable() else "?" for c in value[:limit + 1])
+    return value if len(value) <= limit else value[:limit] + "…"
 
 
 def error_body(message: str, *, type: str = "invalid_request_error", code: str | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import pluggy
@@ -20,3 +21,6 @@ UPSTREAMS = web.AppKey("floodgate.upstreams", Upstreams)
 REGISTRY = web.AppKey("floodgate.registry", CollectorRegistry)
 GATEWAY: web.AppKey[Any] = web.AppKey("floodgate.gateway")
 READY = web.AppKey("floodgate.ready", dict)
+#: Transports that delivered a complete request (its headers) to the application
+#: (set by the server: the headers deadline spares them).
+SERVED: web.AppKey[weakref.WeakSet[Any]] = web.AppKey("floodgate.served_transports")

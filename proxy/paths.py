@@ -11,6 +11,7 @@ path (:func:`upstream_url` checks that again).
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Mapping
 
 from yarl import URL
 
@@ -40,6 +41,10 @@ def checked_path(raw_path: str) -> str:
         decoded = urllib.parse.unquote(path, errors="strict")
     except UnicodeDecodeError:
         raise _refuse("percent-escapes must encode UTF-8") from None
+    try:
+        decoded.encode("utf-8")  # raw bytes that were not UTF-8 arrive as surrogates
+    except UnicodeEncodeError:
+        raise _refuse("the path must be UTF-8") from None
     if "%" in decoded:
         raise _refuse("double percent-encoding is not allowed")
     if "\\" in decoded or any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
@@ -77,3 +82,28 @@ def passthrough_tail(decoded: str, owned: frozenset[str]) -> str:
     if lowered != tail and any(lowered == p or lowered.startswith(p + "/") for p in owned):
         raise _refuse("endpoint names are lower case")
     return tail
+
+
+#: Content encodings of request bodies aiohttp decodes (others are refused before reading).
+ACCEPTED_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
+_CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key"})
+
+
+def check_headers(headers: Mapping[str, str]) -> None:
+    """Refuse header values that are not UTF-8 (401 for credentials, 400 otherwise) and
+    request bodies in an encoding the gateway cannot read (415)."""
+    for name, value in headers.items():
+        if value.isascii():
+            continue
+        try:
+            value.encode("utf-8")  # bytes that were not UTF-8 arrive as surrogates
+        except UnicodeEncodeError:
+            if name.lower() in _CREDENTIAL_HEADERS:
+                raise Rejection(401, "the API key header is not valid UTF-8", code="invalid_api_key",
+                                should_retry=False) from None
+            raise Rejection(400, f"the {name[:64]} header is not valid UTF-8", code="invalid_header",
+                            param=name[:64], should_retry=False) from None
+    encoding = headers.get("Content-Encoding")
+    if encoding is not None and encoding.strip().lower() not in ACCEPTED_ENCODINGS:
+        raise Rejection(415, "unsupported Content-Encoding (identity, gzip and deflate are accepted)",
+                        code="unsupported_content_encoding", should_retry=False)

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from ..errors import ConfigError, ConfigErrors, Rejection
+from ..errors import ConfigError, ConfigErrors, Rejection, shorten
 from ..types import Target
 from .schema import AttemptTimeouts, CoreSettings, Price, TimeoutOverrides
 from .source import LocatedYaml, Path
@@ -32,6 +32,7 @@ class Config:
         self.source = located.source
         self._located = located
         self._plugin_blocks: dict[str, Any] = dict(settings.plugins.model_extra or {})
+        self._sealed = False
         self._claimed: set[str] = set()
         self._targets = {name: self._build_target(name) for name in self.models}
         self._timeouts = {(m.upstream, name): self._build_timeouts(m.upstream, name)
@@ -53,9 +54,21 @@ class Config:
 
         Raises :class:`ConfigErrors` whose paths start with ``plugins.<name>``.
         """
+        if self._sealed:
+            raise RuntimeError("plugin settings are read once, at start-up (the config is sealed)")
         self._claimed.add(name)
         raw = self._plugin_blocks.get(name)
         return validate(model, {} if raw is None else raw, self._located, ("plugins", name))
+
+    def seal(self) -> None:
+        """Drop the raw blocks once every plugin has validated its own: client keys read
+        from the file are then held only as the digests the auth plugin made of them."""
+        self._plugin_blocks.clear()
+        extra = self.settings.plugins.model_extra
+        if extra:
+            extra.clear()
+        self._located.data = None
+        self._sealed = True
 
     def unclaimed_plugin_blocks(self) -> list[str]:
         return [name for name in self._plugin_blocks if name not in self._claimed]
@@ -129,7 +142,7 @@ class Config:
         if model is None:
             return Rejection(400, "you must provide a model parameter", param="model",
                              code="missing_required_parameter", should_retry=False)
-        return Rejection(404, f"The model `{model}` does not exist or you do not have access to it.",
+        return Rejection(404, f"The model `{shorten(model)}` does not exist or you do not have access to it.",
                          param="model", code="model_not_found", should_retry=False)
 
     def check_aliases(self, route_names: set[str]) -> None:

@@ -32,6 +32,14 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ClientTimeouts(Settings):
+    """Seconds a client may take; slow and idle clients cost a file descriptor each."""
+
+    headers: PositiveFloat = 10.0  # a new connection must deliver a request's headers within
+    body: PositiveFloat = 30.0  # the whole request body must arrive within (from the handler's start)
+    keepalive: PositiveFloat = 15.0  # an idle keep-alive connection is closed after
+
+
 class ServerSettings(Settings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -39,6 +47,7 @@ class ServerSettings(Settings):
     shutdown_timeout: PositiveFloat = 30.0
     access_log: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    timeouts: ClientTimeouts = ClientTimeouts()
 
 
 class Timeouts(Settings):

@@ -27,6 +27,17 @@ def validate(model: type[T], data: Any, located: LocatedYaml, prefix: Path) -> T
         raise ConfigErrors([_located_error(model, err, located, prefix) for err in exc.errors()]) from None
 
 
+#: Keys whose values are secrets (or may hold them): config errors name the path, never the value.
+SECRET_KEYS = frozenset({"api_key", "key", "admin_key", "headers", "password", "secret", "token", "url",
+                         "base_url", "dsn"})
+
+
+def is_secret(path: Path) -> bool:
+    """Whether a config value at ``path`` may be a secret (URLs may carry credentials)."""
+    return any(isinstance(part, str) and (part in SECRET_KEYS or part.endswith(("_key", "_token", "_secret")))
+               for part in path)
+
+
 def _located_error(model: type[BaseModel], err: Any, located: LocatedYaml, prefix: Path) -> ConfigError:
     loc: Path = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     path = (*prefix, *loc)
@@ -45,7 +56,9 @@ def _located_error(model: type[BaseModel], err: Any, located: LocatedYaml, prefi
         message = err["msg"].replace("Input should be", "must be").replace("Value error, ", "")
         if kind in ("string_type", "int_type", "float_type", "bool_type", "dict_type", "list_type",
                     "int_parsing", "float_parsing", "bool_parsing", "model_type"):
-            message += f", got {err.get('input')!r}"[:80]
+            given = err.get("input")
+            # Never echo a value at a secret path (a key written as a list still holds the key).
+            message += f", got {type(given).__name__}" if is_secret(path) else f", got {given!r}"[:80]
     return ConfigError(".".join(map(str, path)), message, line=located.line_of(path), source=located.source)
 
 

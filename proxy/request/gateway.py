@@ -21,8 +21,9 @@ from ..config import Config
 from ..errors import Rejection, error_response
 from ..hooks import Hooks
 from ..hookspecs import proxy_admit, proxy_short_circuit
+from ..keys import SERVED
 from ..metrics import CoreMetrics
-from ..paths import checked_path, passthrough_tail
+from ..paths import check_headers, checked_path, passthrough_tail
 from ..tokens import estimate_prompt_tokens
 from ..types import EndpointKind, Principal, RequestContext, Usage
 from ..upstream import Upstreams
@@ -63,6 +64,7 @@ class Gateway:
         self.hooks = hooks
         self.metrics = metrics
         self.max_body = config.server.max_body_bytes
+        self.body_timeout = config.server.timeouts.body
         self.attempts = AttemptRunner(config, hooks, upstreams)
         self.passthrough_relay = Passthrough(config, hooks, upstreams)
         # Decided once: hooks nobody implements cost nothing per request.
@@ -87,11 +89,16 @@ class Gateway:
 
     @web.middleware
     async def path_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """One routing truth: refuse an ambiguous path before any hook runs."""
+        """One routing truth: refuse an ambiguous path, undecodable headers or an unreadable
+        body encoding before any hook runs."""
+        served = request.app.get(SERVED)
+        if served is not None and request.transport is not None:
+            served.add(request.transport)  # its headers arrived: the headers deadline is met
         try:
             request[REQUEST_PATH] = checked_path(request.raw_path)
-        except Rejection:
-            self.metrics.requests("invalid_path", "-", "400").inc()
+            check_headers(request.headers)
+        except Rejection as rejection:
+            self.metrics.requests("invalid_request", "-", str(rejection.status)).inc()
             raise
         return await handler(request)
 
@@ -156,7 +163,7 @@ class Gateway:
 
     async def _model_request(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
         """The stages of a model call, in order."""
-        await parse_model_request(request, ctx, self.max_body)
+        await parse_model_request(request, ctx, self.max_body, self.body_timeout)
         hooks = self.hooks
         ctx.principal = await hooks.authenticate(ctx)
         if self._short_circuit and ctx.endpoint in _SHORT_CIRCUIT_ENDPOINTS:

@@ -7,12 +7,42 @@ body over ``server.max_body_bytes``.
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 
 from ..errors import Rejection
 from ..types import RequestContext
+
+
+#: Deepest nesting of a JSON body (orjson cannot serialise past 254 levels; real requests,
+#: JSON schemas included, stay far below this).
+MAX_DEPTH = 128
+
+
+def too_deep(body: object) -> bool:
+    """Whether ``body`` nests deeper than :data:`MAX_DEPTH` (iterative: no recursion limit)."""
+    stack: list[tuple[object, int]] = [(body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, (dict, list)))
+    return False
+
+
+def check_depth(raw: bytes, body: object) -> None:
+    """400 for a body nested deeper than :data:`MAX_DEPTH`; bodies with fewer brackets
+    than that cannot be, and are not walked."""
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and too_deep(body):
+        raise Rejection(400, f"the request body nests deeper than {MAX_DEPTH} levels", param="body",
+                        code="invalid_value", should_retry=False)
 
 
 def too_large(max_body: int) -> Rejection:
@@ -20,25 +50,32 @@ def too_large(max_body: int) -> Rejection:
                      should_retry=False)
 
 
-async def read_body(request: web.Request, ctx: RequestContext, max_body: int) -> None:
-    """Read the whole body into ``ctx.raw`` (bounded by ``max_body``)."""
+async def read_body(request: web.Request, ctx: RequestContext, max_body: int, timeout: float) -> None:
+    """Read the whole body into ``ctx.raw``: at most ``max_body`` bytes within ``timeout`` seconds."""
     if request.content_length is not None and request.content_length > max_body:
         raise too_large(max_body)
     try:
         # Bounded by the application's client_max_size (= max_body_bytes).
-        ctx.raw = await request.read() if request.body_exists else b""
+        async with asyncio.timeout(timeout):
+            ctx.raw = await request.read() if request.body_exists else b""
+    except TimeoutError:
+        raise Rejection(408, f"the request body did not arrive within {timeout:g}s", code="request_timeout",
+                        headers={"Connection": "close"}) from None
     except web.HTTPRequestEntityTooLarge:
         raise too_large(max_body) from None
-    except aiohttp.ClientError as exc:  # broken chunked upload
+    except ContentEncodingError:
+        raise Rejection(400, "the request body does not match its Content-Encoding", code="invalid_encoding",
+                        should_retry=False) from None
+    except (aiohttp.ClientError, HttpProcessingError) as exc:  # broken chunked upload
         raise Rejection(400, f"could not read the request body: {type(exc).__name__}") from None
 
 
-async def parse_model_request(request: web.Request, ctx: RequestContext, max_body: int) -> None:
+async def parse_model_request(request: web.Request, ctx: RequestContext, max_body: int, timeout: float) -> None:
     """Fill ``ctx.body``, ``ctx.model`` and ``ctx.stream`` from a model endpoint's JSON body."""
     if request.method != "POST":
         raise Rejection(405, f"method {request.method} is not allowed on /v1/{ctx.endpoint}; use POST",
                         code="method_not_allowed", should_retry=False, headers={"Allow": "POST"})
-    await read_body(request, ctx, max_body)
+    await read_body(request, ctx, max_body, timeout)
     try:
         body = orjson.loads(ctx.raw)
     except orjson.JSONDecodeError as exc:
@@ -47,6 +84,7 @@ async def parse_model_request(request: web.Request, ctx: RequestContext, max_bod
     if not isinstance(body, dict):
         raise Rejection(400, "the request body must be a JSON object", param="body", code="invalid_type",
                         should_retry=False)
+    check_depth(ctx.raw, body)
     ctx.body = body
     model = body.get("model")
     if not isinstance(model, str) or not model:

@@ -27,7 +27,7 @@ class Passthrough:
         self.upstream = next(iter(config.upstreams))
 
     async def serve(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
-        await read_body(request, ctx, self.max_body)
+        await read_body(request, ctx, self.max_body, self.config.server.timeouts.body)
         ctx.principal = await self.hooks.authenticate(ctx)
         target = Target(model="-", upstream=self.upstream, upstream_model="-")
         record = AttemptRecord(target, started=time.perf_counter())

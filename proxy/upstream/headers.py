@@ -12,7 +12,7 @@ _DROP_REQUEST = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "trailers", "transfer-encoding", "upgrade", "host", "content-length", "authorization",
     "api-key", "x-api-key", "cookie", "accept-encoding", "x-request-id", "openai-organization",
-    "openai-project", "content-type", "x-floodgate-tier",
+    "openai-project", "content-type", "x-floodgate-tier", "content-encoding",
 })
 # Response headers not relayed: hop-by-hop, framing recomputed by us, and the
 # upstream's own rate-limit/identity headers (they describe Floodgate's account).

@@ -1,0 +1,6 @@
+"""Running the gateway: ``run`` (a server process with graceful shutdown), ``protocol``
+(OpenAI-shaped protocol errors, a deadline for headers) and ``logs`` (bounded repeats)."""
+
+from .run import listen_socket, raise_open_file_limit, run_app, serve
+
+__all__ = ["listen_socket", "raise_open_file_limit", "run_app", "serve"]

@@ -1,0 +1,101 @@
+"""Running the gateway as a server process, with graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import resource
+import signal
+import socket
+import weakref
+
+from aiohttp import web
+
+from ..app import create_app
+from ..config import Config
+from ..keys import SERVED
+from .logs import configure_logging
+from .protocol import GatewayRunner, ListenSite
+
+log = logging.getLogger("floodgate.server")
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft limit of open files to the hard limit (each connection is one)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def tune_gc() -> None:
+    """Keep the garbage collector off the hot path.
+
+    Everything allocated at start-up (config, plugins, compiled rules, sessions)
+    lives as long as the process: freeze it out of the collector's scans. Each
+    request allocates many short-lived objects but few reference cycles, so the
+    young generation is collected less often (profiles showed 8-9% of a core in
+    the collector with the default threshold of 700).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 1000)
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A bound, listening TCP socket (IPv6 when ``host`` is an IPv6 address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def run_app(app: web.Application, config: Config, sock: socket.socket,
+                  stop: asyncio.Event | None = None) -> None:
+    """Serve ``app`` on ``sock`` until SIGINT/SIGTERM (or ``stop``); then stop accepting,
+    let in-flight requests finish (up to ``server.shutdown_timeout``) and clean up."""
+    settings = config.server
+    served: weakref.WeakSet[object] = weakref.WeakSet()
+    app[SERVED] = served
+    runner = GatewayRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
+                           keepalive_timeout=settings.timeouts.keepalive,
+                           shutdown_timeout=settings.shutdown_timeout)
+    await runner.setup()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        site = ListenSite(runner, sock, headers_timeout=settings.timeouts.headers, served=served,
+                          shutdown_timeout=settings.shutdown_timeout)
+        await site.start()
+        tune_gc()
+        host, port = sock.getsockname()[:2]
+        print(f"floodgate: listening on http://{host}:{port}/v1  (Ctrl-C or SIGTERM to stop)", flush=True)
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+        await runner.cleanup()
+
+
+def serve(config: Config, *, host: str | None = None, port: int | None = None) -> int:
+    """Serve until SIGINT/SIGTERM; then stop accepting, finish in-flight requests
+    (up to ``server.shutdown_timeout``), flush plugins and close upstream sessions."""
+    configure_logging(config.server.log_level)
+    limit = raise_open_file_limit()
+    log.debug("open-file limit: %d", limit)
+    app = create_app(config)
+    config.seal()  # every plugin has read its settings: drop the raw blocks (client keys among them)
+    sock = listen_socket(host or config.server.host, config.server.port if port is None else port)
+    asyncio.run(run_app(app, config, sock))
+    return 0
