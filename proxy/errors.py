@@ -115,5 +115,8 @@ def error_response(rejection: Rejection, request_id: str | None = None) -> web.R
     headers = dict(rejection.headers)
     if request_id:
         headers["x-request-id"] = request_id
-    return web.Response(status=rejection.status, body=rejection.body(),
-                        content_type="application/json", headers=headers)
+    response = web.Response(status=rejection.status, body=rejection.body(),
+                            content_type="application/json", headers=headers)
+    if headers.get("Connection", "").lower() == "close":
+        response.force_close()  # e.g. a body that stopped arriving: do not wait for the rest
+    return response

@@ -140,6 +140,7 @@ class Gateway:
                 await response.write_eof()
         except asyncio.CancelledError:
             _disconnected(ctx)
+            _close_open_attempt(ctx)
             if ctx.attempts and ctx.usage is None:
                 # The upstream saw the prompt before we cancelled it: account for it.
                 ctx.usage = Usage(estimate_prompt_tokens(ctx.body), 0)
@@ -174,6 +175,17 @@ class Gateway:
         if self._admit:
             await hooks.admit(ctx)
         return await self.attempts.run(request, ctx)
+
+
+def _close_open_attempt(ctx: RequestContext) -> None:
+    """The attempt the client's departure cut short ends now: its wait is upstream time,
+    not the proxy's own (the overhead histogram must not count it)."""
+    if ctx.attempts:
+        record = ctx.attempts[-1]
+        if not record.ended:
+            record.ended = time.perf_counter()
+            record.error = record.error or "cancelled"
+            ctx.timings.upstream += record.duration
 
 
 def _disconnected(ctx: RequestContext) -> None:

@@ -13,10 +13,10 @@ import aiohttp
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..errors import Rejection
 from ..types import RequestContext
-
 
 #: Deepest nesting of a JSON body (orjson cannot serialise past 254 levels; real requests,
 #: JSON schemas included, stay far below this).
@@ -63,9 +63,12 @@ async def read_body(request: web.Request, ctx: RequestContext, max_body: int, ti
                         headers={"Connection": "close"}) from None
     except web.HTTPRequestEntityTooLarge:
         raise too_large(max_body) from None
-    except ContentEncodingError:
-        raise Rejection(400, "the request body does not match its Content-Encoding", code="invalid_encoding",
-                        should_retry=False) from None
+    except RequestPayloadError as exc:  # aiohttp wraps what its payload parser found wrong
+        if isinstance(exc.__cause__, ContentEncodingError):
+            raise Rejection(400, "the request body does not match its Content-Encoding", code="invalid_encoding",
+                            should_retry=False, headers={"Connection": "close"}) from None
+        raise Rejection(400, "could not read the request body (broken chunked encoding?)", code="invalid_body",
+                        should_retry=False, headers={"Connection": "close"}) from None
     except (aiohttp.ClientError, HttpProcessingError) as exc:  # broken chunked upload
         raise Rejection(400, f"could not read the request body: {type(exc).__name__}") from None
 

@@ -66,6 +66,8 @@ async def run_app(app: web.Application, config: Config, sock: socket.socket,
     app[SERVED] = served
     runner = GatewayRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
                            keepalive_timeout=settings.timeouts.keepalive,
+                           # After an early answer (401 before the body), drain the rest briefly, not 10 s.
+                           lingering_time=min(2.0, settings.timeouts.body),
                            shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()
     stop = stop or asyncio.Event()
@@ -74,8 +76,7 @@ async def run_app(app: web.Application, config: Config, sock: socket.socket,
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
     try:
-        site = ListenSite(runner, sock, headers_timeout=settings.timeouts.headers, served=served,
-                          shutdown_timeout=settings.shutdown_timeout)
+        site = ListenSite(runner, sock, headers_timeout=settings.timeouts.headers, served=served)
         await site.start()
         tune_gc()
         host, port = sock.getsockname()[:2]
