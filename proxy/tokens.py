@@ -1,4 +1,4 @@
-"""Offline token estimates.
+"""Offline token estimates (of untrusted bodies: any shape is tolerated, never raised on).
 
 Used where an exact count is not available: before a request is sent (routing,
 rate-limit reservations) and when an upstream reports no usage. Tokenizers that
@@ -46,9 +46,10 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
             content = message.get("content")
             if isinstance(content, list):
                 total += IMAGE_TOKENS * sum(1 for p in content if isinstance(p, dict) and p.get("type") == "image_url")
-            for call in message.get("tool_calls") or ():
-                if isinstance(call, dict):
-                    fn = call.get("function") or {}
+            calls = message.get("tool_calls")
+            for call in calls if isinstance(calls, list) else ():
+                fn = call.get("function") if isinstance(call, dict) else None
+                if isinstance(fn, dict):  # any other shape is the upstream's to judge
                     total += estimate_text_tokens(str(fn.get("name", "")))
                     total += estimate_text_tokens(str(fn.get("arguments", "")))
         tools = body.get("tools")
