@@ -23,6 +23,7 @@ from aiohttp import web
 from .app import create_app
 from .config import config_from_dict
 from .errors import ConfigErrors
+from .hookspecs import hookimpl
 from .mock_upstream import MockSettings, MockUpstream
 from .yamlsource import load_yaml
 
@@ -292,3 +293,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     printer = Printer(colour=args.colour and sys.stdout.isatty())
     return asyncio.run(_run(Path(args.config), printer))
+
+
+class DemoCommands:
+    """Adds ``floodgate demo``; registered through the ``floodgate`` entry-point group
+    (no per-request hooks, so a gateway that loads it pays nothing for it)."""
+
+    name = "demo"
+
+    @hookimpl
+    def proxy_add_commands(self, subparsers: argparse._SubParsersAction) -> None:
+        parser = subparsers.add_parser(
+            "demo", help="see every plugin at work (mock upstream, no network)",
+            description="Start the mock upstream and the gateway on free local ports with the shipped config, "
+                        "send a scripted set of requests through the openai SDK and show what happened to "
+                        "each, then the cost table.")
+        add_arguments(parser)
+        parser.set_defaults(func=run)

@@ -41,11 +41,12 @@ import aiohttp
 import orjson
 
 from .config import Price
+from .hookspecs import hookimpl
 from .loadtest_prompts import builtin_prompts
 from .types import Usage
 
 __all__ = [
-    "LoadTestOptions", "LoadTestResult", "Prompt", "PromptFileError", "Sample", "UsageError",
+    "LoadTestCommands", "LoadTestOptions", "LoadTestResult", "Prompt", "PromptFileError", "Sample", "UsageError",
     "add_arguments", "format_report", "histogram", "load_prompts", "options_from_args",
     "parse_prompts", "percentile", "run", "run_loadtest", "summarize",
 ]
@@ -908,3 +909,19 @@ def run(args: argparse.Namespace) -> int:
     if result.interrupted:
         return 130
     return 0 if summary["ok"] else 1
+
+
+class LoadTestCommands:
+    """Adds ``floodgate loadtest``; registered through the ``floodgate`` entry-point group
+    (no per-request hooks, so a gateway that loads it pays nothing for it)."""
+
+    name = "loadtest"
+
+    @hookimpl
+    def proxy_add_commands(self, subparsers: argparse._SubParsersAction) -> None:
+        parser = subparsers.add_parser(
+            "loadtest", help="load-test a gateway (open or closed loop)",
+            description="Open-loop (--rate) or closed-loop (--concurrency) load test of an OpenAI-compatible "
+                        "/chat/completions endpoint, with a latency report. It only sends to the --url it is given.")
+        add_arguments(parser)
+        parser.set_defaults(func=run)

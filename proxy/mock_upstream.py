@@ -851,10 +851,12 @@ class _MockBlock(BaseModel):
 
 
 class MockPlugin:
-    """Serves ``base_url: builtin:mock``: a :class:`MockUpstream` started in-process.
+    """Serves ``base_url: builtin:mock``: a :class:`MockUpstream` started in-process; adds
+    ``floodgate mock-upstream``.
 
     Registered through the ``floodgate`` entry-point group, so the gateway's core
-    never imports the mock: it only asks, at start-up, who serves ``builtin:mock``.
+    never imports the mock: it only asks, at start-up, who serves ``builtin:mock``
+    (and, in the CLI, who adds commands).
     """
 
     name = "mock"
@@ -863,6 +865,15 @@ class MockPlugin:
         self.blocks: dict[str, _MockBlock] = {}
         self.models: list[str] = []
         self.mocks: list[MockUpstream] = []
+
+    @hookimpl
+    def proxy_add_commands(self, subparsers: argparse._SubParsersAction) -> None:
+        parser = subparsers.add_parser(
+            "mock-upstream", help="run the built-in fake OpenAI-compatible upstream",
+            description="A fake OpenAI-compatible API for tests, demos and benchmarks, with streaming at a "
+                        "chosen speed and fault injection per model.")
+        add_arguments(parser)
+        parser.set_defaults(func=run)
 
     @hookimpl
     def proxy_configure(self, config: Config) -> None:

@@ -87,9 +87,10 @@ async def test_bench_configs_are_accepted_by_create_app(tmp_path: Any) -> None:
     noplugins = configs.validated(configs.noplugins_config("http://127.0.0.1:9/v1"))
     full = configs.validated(configs.full_config("http://127.0.0.1:9/v1", tmp_path / "usage.db"))
     bare = proxy.create_app(config_from_dict(noplugins))
-    # Only the core, and plugins without per-request hooks (the mock tool serves builtin:mock only).
-    per_request = {i.name for i in bare[proxy.app.PLUGINS]
-                   if any(h not in ("proxy_configure", "proxy_builtin_upstream", "proxy_shutdown") for h in i.hooks)}
+    # Only the core, and plugins without per-request hooks (the tools: the mock serves builtin:mock,
+    # and the tools add their commands to the CLI).
+    lifecycle = ("proxy_configure", "proxy_builtin_upstream", "proxy_shutdown", "proxy_add_commands")
+    per_request = {i.name for i in bare[proxy.app.PLUGINS] if any(h not in lifecycle for h in i.hooks)}
     assert per_request <= {"core", "metrics"}
     app = proxy.create_app(config_from_dict(full))
     assert set(configs.CHAIN) <= {i.name for i in app[proxy.app.PLUGINS]}

@@ -18,7 +18,9 @@ import pytest
 from aiohttp import web
 
 from proxy import loadtest
+from proxy.cli import main
 from proxy.loadtest import (
+    LoadTestCommands,
     LoadTestOptions,
     PromptFileError,
     UsageError,
@@ -156,6 +158,20 @@ def test_builtin_mix() -> None:
     texts = " ".join(m[-1]["content"] for _, _, m in mix)
     for topic in ("营业时间", "退货", "包邮", "订单", "物流", "区别", "满", "减"):
         assert topic in texts
+
+
+def test_loadtest_command_comes_from_its_plugin(capsys: pytest.CaptureFixture[str]) -> None:
+    """``floodgate loadtest`` is added by LoadTestCommands (an entry point), not by the core CLI."""
+    top = argparse.ArgumentParser(prog="floodgate")
+    LoadTestCommands().proxy_add_commands(top.add_subparsers())
+    args = top.parse_args(["loadtest", "--rate", "5"])
+    assert args.func is loadtest.run and args.rate == 5.0
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0 and "loadtest" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["loadtest", "--help"])
+    assert exc.value.code == 0 and "--concurrency" in capsys.readouterr().out
 
 
 def test_cli_validation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

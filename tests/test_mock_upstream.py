@@ -15,7 +15,9 @@ import openai
 import orjson
 import pytest
 
+from proxy.cli import main
 from proxy.mock_upstream import (
+    MockPlugin,
     MockSettings,
     MockUpstream,
     ModelBehaviour,
@@ -23,6 +25,7 @@ from proxy.mock_upstream import (
     count_tokens,
     create_mock_app,
     parse_fault,
+    run,
     serve_forever,
     settings_from_args,
 )
@@ -472,3 +475,17 @@ async def test_create_mock_app_in_process(aiohttp_client: Any) -> None:
     client = await aiohttp_client(create_mock_app(MockSettings(completion_tokens=2)))
     r = await client.post("/chat/completions", json={"model": "gpt-4.1", "messages": MSGS})
     assert r.status == 200 and (await r.json())["usage"]["completion_tokens"] == 2
+
+
+def test_mock_upstream_command_comes_from_the_plugin(capsys: pytest.CaptureFixture[str]) -> None:
+    """``floodgate mock-upstream`` is added by MockPlugin (an entry point), not by the core CLI."""
+    parser = argparse.ArgumentParser(prog="floodgate")
+    MockPlugin().proxy_add_commands(parser.add_subparsers())
+    args = parser.parse_args(["mock-upstream", "--port", "0", "--fault", "a:hang=true"])
+    assert args.func is run and args.port == 0 and args.fault == [("a", {"hang": True})]
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0 and "mock-upstream" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["mock-upstream", "--help"])
+    assert exc.value.code == 0 and "fault injection per model" in capsys.readouterr().out
