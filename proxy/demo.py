@@ -24,7 +24,7 @@ from .app import create_app
 from .config import config_from_dict
 from .errors import ConfigErrors
 from .hookspecs import hookimpl
-from .mock_upstream import MockSettings, MockUpstream
+from .mock import MockSettings, MockUpstream
 from .yamlsource import load_yaml
 
 DEMO_KEY = "fg-demo-key"

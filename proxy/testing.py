@@ -3,7 +3,7 @@
 Fixtures:
 
 ``mock_upstream``
-    A running :class:`proxy.mock_upstream.MockUpstream` on a real socket: it
+    A running :class:`proxy.mock.MockUpstream` on a real socket: it
     streams, reports exact usage and fails on demand
     (``mock_upstream.set_behaviour("gpt-4.1", fail_first=2, error_status=503)``).
 
@@ -35,7 +35,7 @@ from aiohttp import web
 
 from .app import create_app
 from .config import Config, config_from_dict, parse_config
-from .mock_upstream import MockSettings, MockUpstream
+from .mock import MockSettings, MockUpstream
 
 #: The catalogue used by :func:`mock_config`, with real list prices (USD per million tokens).
 MOCK_MODELS: dict[str, dict[str, Any]] = {

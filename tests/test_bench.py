@@ -18,7 +18,7 @@ from bench.forwarder import create_forwarder_app
 from bench.load import percentile
 from bench.report import overhead_delta, summarize_profile
 from proxy.config import config_from_dict
-from proxy.mock_upstream import MockSettings, MockUpstream
+from proxy.mock import MockSettings, MockUpstream
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 

@@ -35,7 +35,7 @@ from proxy.loadtest import (
     summarize,
 )
 from proxy.loadtest_prompts import builtin_prompts
-from proxy.mock_upstream import MockSettings, MockUpstream, count_tokens
+from proxy.mock import MockSettings, MockUpstream, count_tokens
 
 KEY = "sk-loadtest-key"
 

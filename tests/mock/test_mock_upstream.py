@@ -1,4 +1,4 @@
-"""Tests of the built-in mock upstream (proxy/mock_upstream.py) over real sockets."""
+"""Tests of the built-in mock upstream (proxy/mock/) over real sockets."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from proxy.cli import main
-from proxy.mock_upstream import (
+from proxy.mock import (
     MockPlugin,
     MockSettings,
     MockUpstream,

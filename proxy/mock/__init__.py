@@ -35,8 +35,8 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from .config import MOCK_BASE_URL, Config, UpstreamSettings
-from .hookspecs import hookimpl
+from proxy.config import MOCK_BASE_URL, Config, UpstreamSettings
+from proxy.hookspecs import hookimpl
 
 __all__ = [
     "MockPlugin", "MockSettings", "MockStats", "MockUpstream", "ModelBehaviour", "RecordedRequest",
