@@ -1,8 +1,7 @@
-"""Tests of the built-in mock upstream (proxy/mock/) over real sockets."""
+"""Tests of the built-in mock upstream (proxy/mock/): its endpoints, faults and control API over real sockets."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import struct
@@ -15,20 +14,7 @@ import openai
 import orjson
 import pytest
 
-from proxy.cli import main
-from proxy.mock import (
-    MockPlugin,
-    MockSettings,
-    MockUpstream,
-    ModelBehaviour,
-    add_arguments,
-    count_tokens,
-    create_mock_app,
-    parse_fault,
-    run,
-    serve_forever,
-    settings_from_args,
-)
+from proxy.mock import MockSettings, MockUpstream, ModelBehaviour, count_tokens, create_mock_app
 
 TOOLS = [{"type": "function", "function": {
     "name": "search", "parameters": {"type": "object",
@@ -425,67 +411,7 @@ async def test_control_endpoints(mock: MockUpstream, http: aiohttp.ClientSession
     assert status == 429  # reset restarted the fail_first countdown
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="floodgate mock-upstream")
-    add_arguments(parser)
-    return parser
-
-
-def test_fault_cli_parser(capsys: pytest.CaptureFixture[str]) -> None:
-    assert parse_fault("deepseek-v3.2:error_rate=0.3,error_status=503") == (
-        "deepseek-v3.2", {"error_rate": 0.3, "error_status": 503})
-    assert parse_fault("llama3:8b:hang=true,retry_after=none") == (
-        "llama3:8b", {"hang": True, "retry_after": None})
-    args = _parser().parse_args([
-        "--port", "0", "--models", "a,b", "--latency-ms", "5", "--tps", "50",
-        "--fault", "a:fail_first=2,break_stream_after=1", "--fault", "c:malformed=yes"])
-    s = settings_from_args(args)
-    assert s.models == ["a", "b", "c"] and s.tokens_per_second == 50
-    assert s.behaviours["a"] == ModelBehaviour(latency_ms=5, fail_first=2, break_stream_after=1)
-    assert s.behaviours["b"].latency_ms == 5 and s.behaviours["c"].malformed is True
-    for bad, message in [("gpt-4.1:colour=red", "unknown fault key 'colour'"),
-                         ("gpt-4.1:error_rate=lots", "error_rate expects a float"),
-                         ("gpt-4.1:error_rate=1.5", "within 0..1"),
-                         ("gpt-4.1", "expected MODEL:key=value")]:
-        with pytest.raises(SystemExit):
-            _parser().parse_args(["--fault", bad])
-        err = capsys.readouterr().err
-        assert "argument --fault" in err and message in err, err
-    assert "--fault" in _parser().format_help()
-
-
-async def test_serve_forever_prints_url(capsys: pytest.CaptureFixture[str]) -> None:
-    args = _parser().parse_args(["--port", "0", "--completion-tokens", "2"])
-    task = asyncio.create_task(serve_forever(args))
-    for _ in range(100):
-        await asyncio.sleep(0.02)
-        if "listening on" in (out := capsys.readouterr().out):
-            break
-    url = out.split("listening on ")[1].split()[0]
-    assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
-    async with aiohttp.ClientSession() as s, s.post(
-            url + "/completions", json={"model": "gpt-4.1", "prompt": "x"}) as r:
-        assert (await r.json())["usage"]["completion_tokens"] == 2
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-
-
 async def test_create_mock_app_in_process(aiohttp_client: Any) -> None:
     client = await aiohttp_client(create_mock_app(MockSettings(completion_tokens=2)))
     r = await client.post("/chat/completions", json={"model": "gpt-4.1", "messages": MSGS})
     assert r.status == 200 and (await r.json())["usage"]["completion_tokens"] == 2
-
-
-def test_mock_upstream_command_comes_from_the_plugin(capsys: pytest.CaptureFixture[str]) -> None:
-    """``floodgate mock-upstream`` is added by MockPlugin (an entry point), not by the core CLI."""
-    parser = argparse.ArgumentParser(prog="floodgate")
-    MockPlugin().proxy_add_commands(parser.add_subparsers())
-    args = parser.parse_args(["mock-upstream", "--port", "0", "--fault", "a:hang=true"])
-    assert args.func is run and args.port == 0 and args.fault == [("a", {"hang": True})]
-    with pytest.raises(SystemExit) as exc:
-        main(["--help"])
-    assert exc.value.code == 0 and "mock-upstream" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exc:
-        main(["mock-upstream", "--help"])
-    assert exc.value.code == 0 and "fault injection per model" in capsys.readouterr().out
