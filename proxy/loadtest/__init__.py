@@ -40,10 +40,11 @@ from typing import IO, Any
 import aiohttp
 import orjson
 
-from .config import Price
-from .hookspecs import hookimpl
-from .loadtest_prompts import builtin_prompts
-from .types import Usage
+from proxy.config import Price
+from proxy.hookspecs import hookimpl
+from proxy.types import Usage
+
+from .prompts import builtin_prompts
 
 __all__ = [
     "LoadTestCommands", "LoadTestOptions", "LoadTestResult", "Prompt", "PromptFileError", "Sample", "UsageError",
@@ -845,8 +846,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _prices(path: str) -> dict[str, Price]:
-    from .config import load_config
-    from .errors import ConfigErrors
+    from proxy.config import load_config
+    from proxy.errors import ConfigErrors
 
     try:
         config = load_config(path)

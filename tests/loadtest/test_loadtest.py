@@ -1,4 +1,4 @@
-"""Tests of ``floodgate loadtest`` (proxy/loadtest.py): the mock upstream, real sockets."""
+"""Tests of ``floodgate loadtest`` (proxy/loadtest/): the mock upstream, real sockets."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from proxy.loadtest import (
     run_loadtest,
     summarize,
 )
-from proxy.loadtest_prompts import builtin_prompts
+from proxy.loadtest.prompts import builtin_prompts
 from proxy.mock import MockSettings, MockUpstream, count_tokens
 
 KEY = "sk-loadtest-key"
