@@ -1,15 +1,130 @@
-"""The built-in prompt mix of ``floodgate loadtest``: Chinese e-commerce customer service.
+"""The prompts of ``floodgate loadtest``: JSONL prompt files (``--prompts``) and the built-in mix.
 
-Shaped like a shop's traffic before a shopping festival: mostly short FAQ questions (opening
-hours, returns, free shipping), then order and delivery look-ups, product comparisons, and a
-few questions that need arithmetic (stacking 满减 discounts). Each entry is
-``(category, weight, messages)``; a request picks an entry with probability proportional to
-its weight. Every conversation starts with the same system prompt, as a real shop's bot would.
+A prompts file holds one JSON object per line: ``{"messages": [...]}`` (a chat) or
+``{"prompt": "..."}`` (one user message), with an optional ``weight`` and ``category``.
+
+The built-in mix is Chinese e-commerce customer service, shaped like a shop's traffic before a
+shopping festival: mostly short FAQ questions (opening hours, returns, free shipping), then order
+and delivery look-ups, product comparisons, and a few questions that need arithmetic (stacking 满减
+discounts). Each entry is ``(category, weight, messages)``; a request picks an entry with
+probability proportional to its weight. Every conversation starts with the same system prompt, as
+a real shop's bot would.
 """
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import orjson
+
+from .options import UsageError
+
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+_PROMPT_KEYS = ("messages", "prompt", "weight", "category")
+_MAX_REPORTED_ERRORS = 20
+
+
+class PromptFileError(UsageError):
+    """A prompts file with invalid lines; ``errors`` holds one ``FILE:LINE: message`` each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        shown = errors[:_MAX_REPORTED_ERRORS]
+        more = len(errors) - len(shown)
+        super().__init__("\n".join(shown + ([f"... and {more} more"] if more else [])))
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """One conversation to send; picked with probability proportional to ``weight``."""
+
+    messages: list[dict[str, Any]]
+    weight: float = 1.0
+    category: str = "default"
+
+
+def _check_messages(messages: Any) -> str | None:
+    if not isinstance(messages, list) or not messages:
+        return '"messages" must be a non-empty list of {"role": ..., "content": ...} objects'
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            return f"messages[{i}] must be an object"
+        if m.get("role") not in _ROLES:
+            return f"messages[{i}].role must be one of {', '.join(sorted(_ROLES))}"
+        content = m.get("content")
+        if not isinstance(content, (str, list)):
+            return f"messages[{i}].content must be a string or a list of content parts"
+    return None
+
+
+def _parse_prompt(obj: Any) -> Prompt | str:
+    """A Prompt, or an error message."""
+    if not isinstance(obj, dict):
+        return 'expected a JSON object with "messages" or "prompt"'
+    unknown = [k for k in obj if k not in _PROMPT_KEYS]
+    if unknown:
+        return f"unknown key {unknown[0]!r} (allowed: {', '.join(_PROMPT_KEYS)})"
+    if ("messages" in obj) == ("prompt" in obj):
+        return 'give exactly one of "messages" (a chat) or "prompt" (one user message)'
+    if "prompt" in obj:
+        if not isinstance(obj["prompt"], str) or not obj["prompt"].strip():
+            return '"prompt" must be a non-empty string'
+        messages = [{"role": "user", "content": obj["prompt"]}]
+    else:
+        if (problem := _check_messages(obj["messages"])) is not None:
+            return problem
+        messages = obj["messages"]
+    weight = obj.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0 \
+            or not math.isfinite(weight):
+        return '"weight" must be a positive number'
+    category = obj.get("category", "default")
+    if not isinstance(category, str) or not category:
+        return '"category" must be a non-empty string'
+    return Prompt(messages, float(weight), category)
+
+
+def parse_prompts(lines: Sequence[str], source: str = "<prompts>") -> list[Prompt]:
+    """Parse JSONL prompt lines (``{"messages": [...]}`` or ``{"prompt": "..."}``, optional
+    ``weight`` and ``category``; blank lines skipped). Raises :class:`PromptFileError`
+    listing every bad line as ``source:line: message``."""
+    prompts: list[Prompt] = []
+    errors: list[str] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            parsed = _parse_prompt(orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            parsed = f"not valid JSON ({exc})"
+        if isinstance(parsed, str):
+            errors.append(f"{source}:{number}: {parsed}")
+        else:
+            prompts.append(parsed)
+    if not prompts and not errors:
+        errors.append(f"{source}: no prompts (expected one JSON object per line)")
+    if errors:
+        raise PromptFileError(errors)
+    return prompts
+
+
+def load_prompts(path: str | os.PathLike[str]) -> list[Prompt]:
+    """Read and validate a JSONL prompts file (see :func:`parse_prompts`)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PromptFileError([f"{path}: cannot read prompts: {exc}"]) from None
+    return parse_prompts(text.splitlines(), str(path))
+
+
+def _builtin() -> list[Prompt]:
+    return [Prompt(messages, weight, category) for category, weight, messages in builtin_prompts()]
+
 
 SYSTEM_PROMPT = ("你是「云集优选」电商平台的智能客服，回答要准确、简洁、礼貌。"
                  "不确定的信息请引导用户联系人工客服。")
