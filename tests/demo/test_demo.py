@@ -1,4 +1,4 @@
-"""`floodgate demo` on the shipped config: every plugin visibly at work."""
+"""`floodgate demo` (proxy/demo/) on the shipped config: every plugin visibly at work."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from proxy.cli import main
 from proxy.demo import DemoCommands, run
 
-SHIPPED = Path(__file__).resolve().parents[1] / "config.yaml"
+SHIPPED = Path(__file__).resolve().parents[2] / "config.yaml"
 
 
 def test_demo_shows_every_plugin(capsys):
