@@ -15,7 +15,7 @@ import pytest
 import proxy
 from bench import configs
 from bench.forwarder import create_forwarder_app
-from bench.load import percentile
+from bench.load import stats_ms
 from bench.report import overhead_delta, summarize_profile
 from proxy.config import config_from_dict
 from proxy.mock import MockSettings, MockUpstream
@@ -138,5 +138,7 @@ def test_profile_summary_and_percentiles() -> None:
     inclusive = dict(summary["inclusive_project"])
     assert inclusive == {"proxy/pipeline.py:_serve": 100.0, "plugins/ratelimit.py:proxy_admit": 30.0}
     assert summary["self"][0] == ("proxy/pipeline.py:_serve", 70.0)
-    assert percentile([3.0, 1.0, 2.0, 4.0], 50) == pytest.approx(2.5)
-    assert percentile([], 99) is None
+    figures = stats_ms([0.003, 0.001, 0.002, 0.004])  # seconds in, milliseconds out, in any order
+    assert figures["n"] == 4 and figures["p50"] == pytest.approx(2.5) and figures["max"] == pytest.approx(4.0)
+    assert figures["mean"] == pytest.approx(2.5)
+    assert stats_ms([]) == {"n": 0, "p50": None, "p90": None, "p99": None, "max": None, "mean": None}

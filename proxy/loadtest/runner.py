@@ -1,5 +1,9 @@
 """The load generator: the open loop (a fixed schedule) and the closed loop (N workers back to back),
-the live progress line, and :func:`run_loadtest`, which runs one test and returns a :class:`LoadTestResult`."""
+the live progress line, and :func:`run_loadtest`, which runs one test and returns a :class:`LoadTestResult`.
+
+The two loops themselves, :func:`open_schedule` and :func:`closed_loop`, know nothing of HTTP:
+the benchmark's driver (``bench/load.py``) runs its own raw client on them.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import itertools
 import math
 import random
 from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -35,6 +40,38 @@ class LoadTestResult:
     abandoned: int = 0  # in flight when the run was interrupted
     interrupted: bool = False
     peak_in_flight: int = 0
+
+
+async def open_schedule(rate: float, count: int, clock: Callable[[], float], *, start: float = 0.0,
+                        give_up_at: float | None = None) -> AsyncIterator[tuple[float, float]]:
+    """The open loop: yield ``(due, lag)`` for requests ``0..count-1``, request ``i`` being due at
+    ``start + i / rate`` on ``clock``. It sleeps until each is due but never waits for answers (the
+    caller starts a task and iterates on), so a slow server cannot slow the schedule down.
+    ``lag = clock() - due`` when yielded: how late the generator is. It stops early, on a request
+    already overdue, once ``clock()`` is past ``give_up_at``; the caller counts what it was given."""
+    for i in range(count):
+        due = start + i / rate
+        now = clock()
+        if due > now:
+            await asyncio.sleep(due - now)
+        elif give_up_at is not None and now > give_up_at:
+            return
+        yield due, clock() - due
+
+
+async def closed_loop(send: Callable[[float], Awaitable[object]], *, concurrency: int, limit: int,
+                      deadline: float, clock: Callable[[], float]) -> None:
+    """The closed loop: ``concurrency`` workers each ``await send(now)`` back to back (``now``: the
+    send time on ``clock``) while fewer than ``limit`` requests were sent and ``clock() < deadline``."""
+    issued = 0
+
+    async def worker() -> None:
+        nonlocal issued
+        while issued < limit and (now := clock()) < deadline:
+            issued += 1
+            await send(now)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
 class _Runner:
@@ -95,33 +132,22 @@ class _Runner:
     async def open_loop(self) -> None:
         rate = self.options.rate
         assert rate is not None
-        limit, end = self._limit(), self.options.duration + _CATCH_UP_GRACE_S
-        for i in range(limit):
-            due = i / rate
-            now = self.now()
-            if due > now:
-                await asyncio.sleep(due - now)
-            elif now > end:  # hopelessly behind: say so rather than run on forever
-                self.unsent = limit - i
-                break
+        limit, launched = self._limit(), 0
+        # Hopelessly behind the schedule's end: say so rather than run on forever.
+        give_up_at = self.options.duration + _CATCH_UP_GRACE_S
+        async for due, _ in open_schedule(rate, limit, self.now, give_up_at=give_up_at):
             task = asyncio.create_task(self.one(due))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+            launched += 1
+        self.unsent = limit - launched
         if self.tasks:
             await asyncio.gather(*self.tasks)
 
     async def closed_loop(self) -> None:
-        limit, duration = self._limit(), self.options.duration
-        issued = 0
-
-        async def worker() -> None:
-            nonlocal issued
-            while issued < limit and (now := self.now()) < duration:
-                issued += 1
-                await self.one(now)
-
         assert self.options.concurrency is not None
-        await asyncio.gather(*(worker() for _ in range(self.options.concurrency)))
+        await closed_loop(self.one, concurrency=self.options.concurrency, limit=self._limit(),
+                          deadline=self.options.duration, clock=self.now)
 
 
 async def _progress(runner: _Runner, out: IO[str]) -> None:

@@ -38,7 +38,7 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[lo] + (h - lo) * (sorted_values[hi] - sorted_values[lo])
 
 
-def _stats_ms(values: Sequence[float]) -> dict[str, float | int] | None:
+def stats_ms(values: Sequence[float]) -> dict[str, float | int] | None:
     """count/min/avg/p50/p90/p99/max in milliseconds of values in seconds."""
     if not values:
         return None
@@ -79,7 +79,7 @@ def _group(samples: list[Sample], prices: Mapping[str, Price] | None,
            requested: str) -> dict[str, Any]:
     ok = [s for s in samples if s.ok]
     costs = [c for s in samples if (c := _cost(s, prices, requested)) is not None]
-    latency = _stats_ms([s.end - s.scheduled for s in ok])
+    latency = stats_ms([s.end - s.scheduled for s in ok])
     return {"requests": len(samples), "ok": len(ok),
             "success_rate": len(ok) / len(samples) if samples else 0.0,
             "latency_ms": latency,
@@ -135,14 +135,14 @@ def summarize(result: LoadTestResult) -> dict[str, Any]:
         "success_rate": len(ok) / len(samples) if samples else 0.0,
         "throughput_rps": len(samples) / elapsed, "ok_throughput_rps": len(ok) / elapsed,
         "peak_in_flight": result.peak_in_flight, "max_in_flight": o.max_in_flight,
-        "schedule_lag_ms": _stats_ms(lags) if lags else None,
+        "schedule_lag_ms": stats_ms(lags) if lags else None,
         "status_counts": {k: outcomes[k] for k in sorted(outcomes, key=_outcome_order)},
         "error_examples": {k: examples[k] for k in sorted(examples, key=_outcome_order)},
-        "latency_ms": _stats_ms([s.end - s.scheduled for s in ok]),
-        "service_time_ms": _stats_ms([s.end - s.sent for s in ok]),
-        "ttft_ms": _stats_ms([s.first_token - s.scheduled for s in ok
+        "latency_ms": stats_ms([s.end - s.scheduled for s in ok]),
+        "service_time_ms": stats_ms([s.end - s.sent for s in ok]),
+        "ttft_ms": stats_ms([s.first_token - s.scheduled for s in ok
                               if s.first_token is not None]),
-        "ttlt_ms": _stats_ms([s.last_token - s.scheduled for s in ok
+        "ttlt_ms": stats_ms([s.last_token - s.scheduled for s in ok
                               if s.last_token is not None]),
         "tokens": {"responses_with_usage": len(with_usage),
                    "prompt": sum(s.prompt_tokens or 0 for s in with_usage),
