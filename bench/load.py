@@ -102,6 +102,7 @@ class Driver:
         self.url = url
         self.body = body
         self.headers = {"Content-Type": "application/json", **headers}
+        self.timeout_s = timeout
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.errors: Counter[str] = Counter()
 
@@ -241,7 +242,7 @@ class Driver:
         async def send(due: float) -> None:
             nonlocal in_flight
             try:
-                async with asyncio.timeout(self.timeout.total):
+                async with asyncio.timeout(self.timeout_s):
                     status, ttft, ended, done = await pool.request()
                 if status != 200:
                     self.errors[f"http_{status}"] += 1
@@ -270,7 +271,7 @@ class Driver:
             task.add_done_callback(tasks.discard)
         sent_for = clock() - loop_start
         if tasks:
-            await asyncio.wait(tasks, timeout=self.timeout.total + 5)
+            await asyncio.wait(tasks, timeout=self.timeout_s + 5)
         pool.close()
         ok = len(last)
         return {"mode": "open", "rate": rate, "duration": duration, "scheduled": total, "unsent": unsent,

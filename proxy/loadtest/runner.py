@@ -195,9 +195,9 @@ async def run_loadtest(options: LoadTestOptions, *, progress: IO[str] | None = N
             else:
                 generate.result()  # re-raise a bug in the generator itself
         finally:  # also when run_loadtest itself is cancelled: leave nothing running
-            for task in (generate, stopper, drawer, *runner.tasks):
-                if task is not None and not task.done():
-                    task.cancel()
+            for leftover in (generate, stopper, drawer, *runner.tasks):
+                if leftover is not None and not leftover.done():
+                    leftover.cancel()
             if progress is not None:
                 progress.write("\r\x1b[K")
                 progress.flush()

@@ -97,7 +97,8 @@ def _tool_call(body: dict[str, Any]) -> tuple[str, list[str]] | None:
     if isinstance(messages, list) and messages and isinstance(messages[-1], dict) \
             and messages[-1].get("role") == "tool":
         return None
-    fn = tools[0].get("function") if isinstance(tools[0].get("function"), dict) else tools[0]
+    function = tools[0].get("function")
+    fn = function if isinstance(function, dict) else tools[0]
     users = [m for m in messages or () if isinstance(m, dict) and m.get("role") == "user"]
     query = _text_of(users[-1].get("content"))[:40] if users else "floodgate"
     args = orjson.dumps({"query": query or "floodgate"}).decode()

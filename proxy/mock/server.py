@@ -24,7 +24,8 @@ async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     except _Reply as reply:
         return reply.response
     finally:
-        tasks.discard(task)  # type: ignore[arg-type]
+        if task is not None:
+            tasks.discard(task)
 
 
 async def _cancel_in_flight(app: web.Application) -> None:

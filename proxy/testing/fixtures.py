@@ -38,7 +38,7 @@ def mock_config(
     api_key: str | None = "sk-upstream-test",
 ) -> dict[str, Any]:
     """A config dict with one upstream ``main`` at ``upstream_url`` and the mock catalogue."""
-    catalogue = copy.deepcopy(dict(models if models is not None else MOCK_MODELS))
+    catalogue: dict[str, Any] = copy.deepcopy(dict(models if models is not None else MOCK_MODELS))
     for entry in catalogue.values():
         entry.setdefault("upstream", "main")
     main: dict[str, Any] = {"base_url": upstream_url, "timeouts": {"connect": 2, "first_byte": 5, "total": 30}}
