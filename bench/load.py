@@ -16,14 +16,15 @@ Modes (each prints one JSON object on stdout; times in milliseconds):
   (request *i* is due at ``t0 + i/rate`` however slow the answers; latency counts
   from the due time, so a slow server cannot hide behind a slow generator).
 
-Only the URL given is contacted; every loop is bounded in time and count.
+The closed and open loops and the statistics are the load tester's (``proxy.loadtest``);
+the open loop sends through the lean raw HTTP/1.1 client below, whose per-request CPU cost
+is far below aiohttp's. Only the URL given is contacted; every loop is bounded in time and count.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import re
 import sys
 import time
@@ -35,28 +36,23 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from proxy.loadtest import stats as loadtest_stats
+from proxy.loadtest.runner import closed_loop, open_schedule
+
 MAX_REQUESTS = 2_000_000
 MAX_DURATION_S = 3600.0
 _CONTENT = b'"content":"'
 _EMPTY_CONTENT = b'"content":""'
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default); ``values`` need not be sorted."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
 def stats_ms(values_s: Sequence[float]) -> dict[str, float | int | None]:
-    """Count, p50, p90, p99, max and mean of durations given in seconds, in milliseconds."""
-    ms = [v * 1000.0 for v in values_s]
-    return {"n": len(ms), "p50": percentile(ms, 50), "p90": percentile(ms, 90), "p99": percentile(ms, 99),
-            "max": max(ms) if ms else None, "mean": sum(ms) / len(ms) if ms else None}
+    """Count, p50, p90, p99, max and mean of durations given in seconds, in milliseconds (the load
+    tester's statistics, under the keys of the benchmark's JSON; ``None`` figures for no values)."""
+    figures = loadtest_stats.stats_ms(values_s)
+    if figures is None:
+        return {"n": 0, "p50": None, "p90": None, "p99": None, "max": None, "mean": None}
+    return {"n": figures["count"], "p50": figures["p50"], "p90": figures["p90"], "p99": figures["p99"],
+            "max": figures["max"], "mean": figures["avg"]}
 
 
 def _outcome(exc: BaseException) -> str:
@@ -106,6 +102,7 @@ class Driver:
         self.url = url
         self.body = body
         self.headers = {"Content-Type": "application/json", **headers}
+        self.timeout_s = timeout
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.errors: Counter[str] = Counter()
 
@@ -127,23 +124,17 @@ class Driver:
 
     async def closed(self, concurrency: int, duration: float, requests: int | None) -> dict[str, Any]:
         latencies: list[float] = []
-        limit = requests or MAX_REQUESTS
-        issued = 0
+        clock = time.perf_counter
         async with self.session(concurrency) as session:
-            start = time.perf_counter()
-            deadline = start + duration
 
-            async def worker() -> None:
-                nonlocal issued
-                clock = time.perf_counter
-                while issued < limit and clock() < deadline:
-                    issued += 1
-                    t0 = clock()
-                    if await self.one(session):
-                        latencies.append(clock() - t0)
+            async def send(t0: float) -> None:
+                if await self.one(session):
+                    latencies.append(clock() - t0)
 
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            elapsed = time.perf_counter() - start
+            start = clock()
+            await closed_loop(send, concurrency=concurrency, limit=requests or MAX_REQUESTS,
+                              deadline=start + duration, clock=clock)
+            elapsed = clock() - start
         done = len(latencies) + sum(self.errors.values())
         return {"mode": "closed", "concurrency": concurrency, "seconds": elapsed, "requests": done,
                 "ok": len(latencies), "errors": dict(self.errors), "rps": done / elapsed if elapsed else 0.0,
@@ -251,7 +242,7 @@ class Driver:
         async def send(due: float) -> None:
             nonlocal in_flight
             try:
-                async with asyncio.timeout(self.timeout.total):
+                async with asyncio.timeout(self.timeout_s):
                     status, ttft, ended, done = await pool.request()
                 if status != 200:
                     self.errors[f"http_{status}"] += 1
@@ -269,12 +260,7 @@ class Driver:
                 in_flight -= 1
 
         loop_start = clock()
-        for i in range(total):
-            due = loop_start + i / rate
-            delay = due - clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            lag = clock() - due
+        async for due, lag in open_schedule(rate, total, clock, start=loop_start):
             max_lag = max(max_lag, lag)
             if in_flight >= max_in_flight or lag > 1.0:
                 unsent += 1  # the generator (or the server) fell too far behind: counted, not sent
@@ -285,7 +271,7 @@ class Driver:
             task.add_done_callback(tasks.discard)
         sent_for = clock() - loop_start
         if tasks:
-            await asyncio.wait(tasks, timeout=self.timeout.total + 5)
+            await asyncio.wait(tasks, timeout=self.timeout_s + 5)
         pool.close()
         ok = len(last)
         return {"mode": "open", "rate": rate, "duration": duration, "scheduled": total, "unsent": unsent,

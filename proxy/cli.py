@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
@@ -77,24 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
                                        "Prints each error with its file, line and key path; exit status 1 on error.")
     add_config_option(check)
     check.set_defaults(func=_cmd_check)
-
-    # Core tools: (name, module with add_arguments/run, help, description).
-    tools = (
-        ("mock-upstream", "mock_upstream", "run the built-in fake OpenAI-compatible upstream",
-         "A fake OpenAI-compatible API for tests, demos and benchmarks, with streaming at a chosen speed "
-         "and fault injection per model."),
-        ("loadtest", "loadtest", "load-test a gateway (open or closed loop)",
-         "Open-loop (--rate) or closed-loop (--concurrency) load test of an OpenAI-compatible "
-         "/chat/completions endpoint, with a latency report. It only sends to the --url it is given."),
-        ("demo", "demo", "see every plugin at work (mock upstream, no network)",
-         "Start the mock upstream and the gateway on free local ports with the shipped config, send a "
-         "scripted set of requests through the openai SDK and show what happened to each, then the cost table."),
-    )
-    for name, module_name, help_text, description in tools:
-        module = importlib.import_module(f".{module_name}", __package__)
-        tool = sub.add_parser(name, help=help_text, description=description)
-        module.add_arguments(tool)
-        tool.set_defaults(func=module.run)
 
     # Plugin commands (built-ins and entry points; config-listed modules need a config first).
     pm, _, errors = build_plugin_manager(core=[], builtins=BUILTIN_PLUGINS)

@@ -15,10 +15,10 @@ import pytest
 import proxy
 from bench import configs
 from bench.forwarder import create_forwarder_app
-from bench.load import percentile
+from bench.load import stats_ms
 from bench.report import overhead_delta, summarize_profile
 from proxy.config import config_from_dict
-from proxy.mock_upstream import MockSettings, MockUpstream
+from proxy.mock import MockSettings, MockUpstream
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -87,9 +87,10 @@ async def test_bench_configs_are_accepted_by_create_app(tmp_path: Any) -> None:
     noplugins = configs.validated(configs.noplugins_config("http://127.0.0.1:9/v1"))
     full = configs.validated(configs.full_config("http://127.0.0.1:9/v1", tmp_path / "usage.db"))
     bare = proxy.create_app(config_from_dict(noplugins))
-    # Only the core, and plugins without per-request hooks (the mock tool serves builtin:mock only).
-    per_request = {i.name for i in bare[proxy.keys.PLUGINS]
-                   if any(h not in ("proxy_configure", "proxy_builtin_upstream", "proxy_shutdown") for h in i.hooks)}
+    # Only the core, and plugins without per-request hooks (the tools: the mock serves builtin:mock,
+    # and the tools add their commands to the CLI).
+    lifecycle = ("proxy_configure", "proxy_builtin_upstream", "proxy_shutdown", "proxy_add_commands")
+    per_request = {i.name for i in bare[proxy.keys.PLUGINS] if any(h not in lifecycle for h in i.hooks)}
     assert per_request <= {"core", "metrics"}
     app = proxy.create_app(config_from_dict(full))
     assert set(configs.CHAIN) <= {i.name for i in app[proxy.keys.PLUGINS]}
@@ -137,5 +138,7 @@ def test_profile_summary_and_percentiles() -> None:
     inclusive = dict(summary["inclusive_project"])
     assert inclusive == {"proxy/pipeline.py:_serve": 100.0, "plugins/ratelimit.py:proxy_admit": 30.0}
     assert summary["self"][0] == ("proxy/pipeline.py:_serve", 70.0)
-    assert percentile([3.0, 1.0, 2.0, 4.0], 50) == pytest.approx(2.5)
-    assert percentile([], 99) is None
+    figures = stats_ms([0.003, 0.001, 0.002, 0.004])  # seconds in, milliseconds out, in any order
+    assert figures["n"] == 4 and figures["p50"] == pytest.approx(2.5) and figures["max"] == pytest.approx(4.0)
+    assert figures["mean"] == pytest.approx(2.5)
+    assert stats_ms([]) == {"n": 0, "p50": None, "p90": None, "p99": None, "max": None, "mean": None}

@@ -1,16 +1,7 @@
-"""``floodgate demo``: every plugin at work, in one minute, on this machine.
-
-Starts the built-in mock upstream and the gateway on free loopback ports with the
-shipped config (upstreams pointed at the mock, the usage ledger in a temporary
-directory), then sends a scripted set of requests through the official ``openai``
-SDK and tells what happened to each: a FAQ answer, the router's three tiers, a
-fallback after injected failures, a burst meeting the rate limiter, the key
-checks, a streamed answer, and the bill.
-"""
+"""The demo's script: the shipped config pointed at a mock, then one scripted request after another."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import tempfile
@@ -20,54 +11,17 @@ from typing import Any
 
 from aiohttp import web
 
-from .app import create_app
-from .config import config_from_dict
-from .config.source import load_yaml
-from .errors import ConfigErrors
-from .mock_upstream import MockSettings, MockUpstream
+from proxy.app import create_app
+from proxy.config import config_from_dict
+from proxy.config.source import load_yaml
+from proxy.errors import ConfigErrors
+from proxy.mock import MockSettings, MockUpstream
+
+from .printer import Printer, _print_table
 
 DEMO_KEY = "fg-demo-key"
 TRIAL_KEY = "fg-trial-key"
 ADMIN_KEY = "fg-admin-key"
-
-
-class Printer:
-    """Readable output: colour on a terminal, plain text elsewhere."""
-
-    def __init__(self, colour: bool) -> None:
-        self.colour = colour
-
-    def _c(self, code: str, text: str) -> str:
-        return f"\033[{code}m{text}\033[0m" if self.colour else text
-
-    def bold(self, text: str) -> str:
-        return self._c("1", text)
-
-    def dim(self, text: str) -> str:
-        return self._c("2", text)
-
-    def green(self, text: str) -> str:
-        return self._c("32", text)
-
-    def red(self, text: str) -> str:
-        return self._c("31", text)
-
-    def cyan(self, text: str) -> str:
-        return self._c("36", text)
-
-    def yellow(self, text: str) -> str:
-        return self._c("33", text)
-
-    def step(self, number: int, title: str, what: str) -> None:
-        print()
-        print(self.bold(f"{number}. {title}"))
-        print(self.dim(f"   {what}"))
-
-    def said(self, who: str, text: str) -> None:
-        print(f"   {self.cyan(who)} {text}")
-
-    def facts(self, **facts: Any) -> None:
-        print("   " + self.dim("  ".join(f"{k.replace('_', ' ')}={v}" for k, v in facts.items())))
 
 
 def _demo_config(path: Path, mock_url: str, ledger: Path) -> Any:
@@ -261,34 +215,3 @@ async def _run(config_path: Path, printer: Printer) -> int:
         await mock.stop()
         tmp.cleanup()
 
-
-def _print_table(p: Printer, report: dict[str, Any]) -> None:
-    head = (f"by {report['by']}", "requests", "tokens in", "tokens out", "cost USD")
-    rows = [(str(g["group"]) if g["group"] not in ("-", None) else "(no upstream)",
-             str(g["requests"]), str(g["prompt_tokens"]), str(g["completion_tokens"]),
-             f"{g['cost_usd']:.6f}") for g in report["groups"]]
-    t = report["total"]
-    total = ("total", str(t["requests"]), str(t["prompt_tokens"]), str(t["completion_tokens"]), f"{t['cost_usd']:.6f}")
-    widths = [max(len(r[i]) for r in (head, *rows, total)) for i in range(len(head))]
-
-    def fmt(row: tuple[str, ...]) -> str:
-        return "   " + "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:]))])
-
-    print()
-    print(p.bold(fmt(head)))
-    for row in rows:
-        print(fmt(row))
-    print(p.bold(fmt(total)))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .cli import add_config_option
-
-    add_config_option(parser)
-    parser.add_argument("--no-colour", "--no-color", dest="colour", action="store_false",
-                        help="plain output even on a terminal")
-
-
-def run(args: argparse.Namespace) -> int:
-    printer = Printer(colour=args.colour and sys.stdout.isatty())
-    return asyncio.run(_run(Path(args.config), printer))

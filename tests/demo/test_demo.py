@@ -1,12 +1,16 @@
-"""`floodgate demo` on the shipped config: every plugin visibly at work."""
+"""`floodgate demo` (proxy/demo/) on the shipped config: every plugin visibly at work."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
-from proxy.cli import main
+import pytest
 
-SHIPPED = Path(__file__).resolve().parents[1] / "config.yaml"
+from proxy.cli import main
+from proxy.demo import DemoCommands, run
+
+SHIPPED = Path(__file__).resolve().parents[2] / "config.yaml"
 
 
 def test_demo_shows_every_plugin(capsys):
@@ -23,3 +27,17 @@ def test_demo_shows_every_plugin(capsys):
     assert "system prompt sent=true" in out
     bill = out.split("7. The bill")[1]
     assert "gpt-4.1" in bill and "shop-bot" in bill and "trial" in bill
+
+
+def test_demo_command_comes_from_its_plugin(capsys):
+    """``floodgate demo`` is added by DemoCommands (an entry point), not by the core CLI."""
+    top = argparse.ArgumentParser(prog="floodgate")
+    DemoCommands().proxy_add_commands(top.add_subparsers())
+    args = top.parse_args(["demo", "--no-color"])
+    assert args.func is run and args.colour is False
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0 and "demo" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--help"])
+    assert exc.value.code == 0 and "--no-colour" in capsys.readouterr().out

@@ -1,26 +1,6 @@
-"""A pytest plugin for plugin authors (registered as ``floodgate`` via ``pytest11``).
+"""The ``mock_upstream`` and ``floodgate`` fixtures, ``mock_config`` and ``RunningGateway``.
 
-Fixtures:
-
-``mock_upstream``
-    A running :class:`proxy.mock_upstream.MockUpstream` on a real socket: it
-    streams, reports exact usage and fails on demand
-    (``mock_upstream.set_behaviour("gpt-4.1", fail_first=2, error_status=503)``).
-
-``floodgate``
-    A factory that builds and starts a gateway in front of ``mock_upstream``::
-
-        async def test_my_plugin(floodgate):
-            gw = await floodgate(plugins=[MyPlugin()], plugin_settings={"my": {"x": 1}})
-            client = gw.openai()             # an openai.AsyncOpenAI pointed at the gateway
-            reply = await client.chat.completions.create(model="gpt-4.1", messages=[...])
-
-    It takes either a whole ``config`` (a dict, YAML text or a :class:`proxy.Config`)
-    or builds one with :func:`mock_config`. ``builtins`` defaults to none, so a
-    test sees only the plugins it asks for; pass ``builtins=BUILTIN_PLUGINS``
-    for the whole chain.
-
-Requires pytest-aiohttp (``pip install floodgate[test]``); tests are async.
+Loaded by pytest through :mod:`proxy.testing` (the ``pytest11`` entry point), which re-exports them.
 """
 
 from __future__ import annotations
@@ -33,9 +13,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from .app import create_app
-from .config import Config, config_from_dict, parse_config
-from .mock_upstream import MockSettings, MockUpstream
+from proxy.app import create_app
+from proxy.config import Config, config_from_dict, parse_config
+from proxy.mock import MockSettings, MockUpstream
 
 #: The catalogue used by :func:`mock_config`, with real list prices (USD per million tokens).
 MOCK_MODELS: dict[str, dict[str, Any]] = {
@@ -58,7 +38,7 @@ def mock_config(
     api_key: str | None = "sk-upstream-test",
 ) -> dict[str, Any]:
     """A config dict with one upstream ``main`` at ``upstream_url`` and the mock catalogue."""
-    catalogue = copy.deepcopy(dict(models if models is not None else MOCK_MODELS))
+    catalogue: dict[str, Any] = copy.deepcopy(dict(models if models is not None else MOCK_MODELS))
     for entry in catalogue.values():
         entry.setdefault("upstream", "main")
     main: dict[str, Any] = {"base_url": upstream_url, "timeouts": {"connect": 2, "first_byte": 5, "total": 30}}

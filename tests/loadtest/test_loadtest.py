@@ -1,4 +1,5 @@
-"""Tests of ``floodgate loadtest`` (proxy/loadtest.py): the mock upstream, real sockets."""
+"""Tests of ``floodgate loadtest`` runs (proxy/loadtest/: cli, runner, client) against the mock upstream
+over real sockets."""
 
 from __future__ import annotations
 
@@ -6,11 +7,9 @@ import argparse
 import asyncio
 import io
 import json
-import random
 import socket
-import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +17,18 @@ import pytest
 from aiohttp import web
 
 from proxy import loadtest
+from proxy.cli import main
 from proxy.loadtest import (
+    LoadTestCommands,
     LoadTestOptions,
-    PromptFileError,
     UsageError,
     add_arguments,
     format_report,
-    histogram,
-    load_prompts,
     options_from_args,
-    parse_prompts,
-    percentile,
     run_loadtest,
     summarize,
 )
-from proxy.loadtest_prompts import builtin_prompts
-from proxy.mock_upstream import MockSettings, MockUpstream, count_tokens
+from proxy.mock import MockSettings, MockUpstream, count_tokens
 
 KEY = "sk-loadtest-key"
 
@@ -55,110 +50,21 @@ async def mock() -> AsyncIterator[MockUpstream]:
         yield m
 
 
-def prompt_file(tmp_path: Path, *lines: Any) -> str:
-    path = tmp_path / "prompts.jsonl"
-    path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x, ensure_ascii=False)
-                              for x in lines) + "\n", encoding="utf-8")
-    return str(path)
+def test_loadtest_command_comes_from_its_plugin(capsys: pytest.CaptureFixture[str]) -> None:
+    """``floodgate loadtest`` is added by LoadTestCommands (an entry point), not by the core CLI."""
+    top = argparse.ArgumentParser(prog="floodgate")
+    LoadTestCommands().proxy_add_commands(top.add_subparsers())
+    args = top.parse_args(["loadtest", "--rate", "5"])
+    assert args.func is loadtest.run and args.rate == 5.0
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0 and "loadtest" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["loadtest", "--help"])
+    assert exc.value.code == 0 and "--concurrency" in capsys.readouterr().out
 
 
-# --------------------------------------------------------------------------- statistics
-
-def test_percentile_linear_interpolation() -> None:
-    xs = [float(x) for x in range(1, 11)]
-    assert percentile(xs, 0) == 1 and percentile(xs, 100) == 10
-    assert percentile(xs, 50) == pytest.approx(5.5)
-    assert percentile(xs, 90) == pytest.approx(9.1)
-    assert percentile(xs, 25) == pytest.approx(3.25)
-    assert percentile([7.0], 99) == 7.0
-    assert percentile([1.0, 3.0], 50) == 2.0
-    # Same definition as statistics.quantiles(method="inclusive") (numpy's default, type 7).
-    rng = random.Random(5)
-    data = sorted(rng.expovariate(0.1) for _ in range(257))
-    reference = statistics.quantiles(data, n=100, method="inclusive")
-    for q in (1, 10, 50, 90, 99):
-        assert percentile(data, q) == pytest.approx(reference[q - 1])
-    with pytest.raises(ValueError):
-        percentile([], 50)
-    with pytest.raises(ValueError):
-        percentile(xs, 101)
-
-
-def test_histogram_log_buckets() -> None:
-    assert histogram([]) == []
-    assert histogram([50.0] * 10) == [(50, 63, 10)]
-    buckets = histogram([52.0, 55.0, 70.0, 99.9, 100.0])
-    assert [(lo, hi) for lo, hi, _ in buckets] == [(50, 63), (63, 80), (80, 100), (100, 125)]
-    assert [c for *_, c in buckets] == [2, 1, 1, 1]  # low <= v < high
-    wide = [0.5, 3.0, 40.0, 700.0, 9000.0, 120000.0]
-    buckets = histogram(wide, max_rows=16)
-    assert len(buckets) <= 16 and sum(c for *_, c in buckets) == len(wide)
-    ratios = {round(hi / lo, 6) for lo, hi, _ in buckets}
-    assert all(lo < hi for lo, hi, _ in buckets) and len(ratios) <= 3  # log-spaced (1-2-5)
-    assert buckets[0][0] <= 0.5 and buckets[-1][1] > 120000
-
-
-# --------------------------------------------------------------------------- prompts
-
-def test_prompt_file_good_lines(tmp_path: Path) -> None:
-    path = prompt_file(
-        tmp_path,
-        {"messages": [{"role": "system", "content": "简洁"}, {"role": "user", "content": "包邮吗"}]},
-        "",
-        {"prompt": "退货怎么办？", "weight": 3, "category": "faq"},
-        {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]})
-    prompts = load_prompts(path)
-    assert len(prompts) == 3
-    assert prompts[1].messages == [{"role": "user", "content": "退货怎么办？"}]
-    assert (prompts[1].weight, prompts[1].category) == (3.0, "faq")
-    assert prompts[0].weight == 1.0 and prompts[0].messages[0]["role"] == "system"
-
-
-def test_prompt_file_bad_lines(tmp_path: Path) -> None:
-    path = prompt_file(
-        tmp_path,
-        {"prompt": "ok"},
-        '{"prompt": "unterminated',
-        ["not", "an", "object"],
-        {"prompt": "a", "messages": [{"role": "user", "content": "b"}]},
-        {"promt": "typo"},
-        {"messages": [{"role": "robot", "content": "x"}]},
-        {"messages": []},
-        {"prompt": "   "},
-        {"prompt": "x", "weight": 0},
-        {"messages": [{"role": "user"}]})
-    with pytest.raises(PromptFileError) as info:
-        load_prompts(path)
-    errors = info.value.errors
-    assert [e.split(":")[1] for e in errors] == ["2", "3", "4", "5", "6", "7", "8", "9", "10"]
-    assert all(e.startswith(path + ":") for e in errors)
-    text = str(info.value)
-    for fragment in ("not valid JSON", "expected a JSON object", "exactly one of",
-                     "unknown key 'promt'", "messages[0].role must be one of",
-                     '"messages" must be a non-empty list', '"prompt" must be a non-empty',
-                     '"weight" must be a positive number', "messages[0].content must be"):
-        assert fragment in text
-    with pytest.raises(PromptFileError, match="no prompts"):
-        parse_prompts(["", "  "], "empty.jsonl")
-    with pytest.raises(PromptFileError, match="cannot read prompts"):
-        load_prompts(tmp_path / "missing.jsonl")
-
-
-def test_builtin_mix() -> None:
-    mix = builtin_prompts()
-    assert len(mix) >= 30
-    assert {c for c, _, _ in mix} == {"faq", "order", "comparison", "reasoning"}
-    assert sum(w for _, w, _ in mix) == pytest.approx(1.0)
-    for _, weight, messages in mix:
-        assert weight > 0 and loadtest._check_messages(messages) is None
-        assert messages[-1]["role"] == "user"
-        assert any("\u4e00" <= ch <= "\u9fff" for ch in messages[-1]["content"])
-    texts = " ".join(m[-1]["content"] for _, _, m in mix)
-    for topic in ("营业时间", "退货", "包邮", "订单", "物流", "区别", "满", "减"):
-        assert topic in texts
-
-
-def test_cli_validation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_validation(prompt_file: Callable[..., str], capsys: pytest.CaptureFixture[str]) -> None:
     for argv in ([], ["--rate", "5", "--concurrency", "2"], ["--rate", "0"],
                  ["--rate", "5", "--duration", "3601"], ["--concurrency", "0"],
                  ["--rate", "x"], ["--rate", "5", "--requests", "0"],
@@ -170,7 +76,7 @@ def test_cli_validation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert options("--concurrency", "2").duration == loadtest.DEFAULT_DURATION_S
     with pytest.raises(UsageError, match="http"):
         options("--rate", "5", "--url", "ftp://x")
-    bad = prompt_file(tmp_path, {"prompt": 1})
+    bad = prompt_file({"prompt": 1})
     assert loadtest.run(parser().parse_args(["--rate", "5", "--prompts", bad])) == 2
     assert f"{bad}:1:" in capsys.readouterr().err
 
@@ -218,14 +124,6 @@ async def test_pool_queueing_counts_as_latency(mock: MockUpstream) -> None:
     assert "connection pool full" in format_report(s)
 
 
-def test_report_of_an_empty_run() -> None:
-    opts = LoadTestOptions(rate=5, requests=7, duration=loadtest.MAX_DURATION_S)
-    report = format_report(summarize(loadtest.LoadTestResult(opts, [], 0.0, 0)))
-    assert "for 7 requests (at most 3600 s)" in report
-    assert "(no response)" in report and "(no successful request)" in report
-    assert "by route" not in report and "histogram" not in report and "\ncost" not in report
-
-
 async def test_generator_lag_counts_as_latency(mock: MockUpstream) -> None:
     """A stalled generator: requests go out late, and the delay shows up in the latency
     (measured from the schedule) rather than being hidden (coordinated omission)."""
@@ -264,9 +162,9 @@ async def test_requests_bound_first(mock: MockUpstream) -> None:
     assert result.elapsed < 2.0
 
 
-async def test_stream_ttft_and_exact_tokens(mock: MockUpstream, tmp_path: Path) -> None:
+async def test_stream_ttft_and_exact_tokens(mock: MockUpstream, prompt_file: Callable[..., str]) -> None:
     mock.set_behaviour("auto", latency_ms=20, tokens_per_second=100, completion_tokens=10)
-    path = prompt_file(tmp_path, {"prompt": "hello world 你好"})
+    path = prompt_file({"prompt": "hello world 你好"})
     opts = options("--url", mock.url, "--key", KEY, "--concurrency", "2", "--requests", "6",
                    "--stream", "--max-tokens", "50", "--prompts", path)
     s = summarize(await run_loadtest(opts))
@@ -375,8 +273,8 @@ async def fake_gateway(aiohttp_server: Any) -> Any:
     return await aiohttp_server(app)
 
 
-async def test_split_by_route_and_model(fake_gateway: Any, tmp_path: Path) -> None:
-    path = prompt_file(tmp_path, {"prompt": "营业时间？", "weight": 2}, {"prompt": "这款和那款有什么区别"},
+async def test_split_by_route_and_model(fake_gateway: Any, prompt_file: Callable[..., str]) -> None:
+    path = prompt_file({"prompt": "营业时间？", "weight": 2}, {"prompt": "这款和那款有什么区别"},
                        {"prompt": "订单到哪了"})
     url = str(fake_gateway.make_url("/v1"))
     s = summarize(await run_loadtest(options("--url", url, "--concurrency", "4",
