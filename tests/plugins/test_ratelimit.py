@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import proxy
 from plugins.ratelimit import RateLimitPlugin, format_duration
-from plugins.ratelimit_store import Claim, MemoryBucketStore
+from plugins.ratelimit.store import Claim, MemoryBucketStore
 from proxy.config import config_from_dict
 from proxy.testing import mock_config
 

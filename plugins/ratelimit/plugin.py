@@ -45,7 +45,7 @@ from pydantic import Field, ValidationError
 
 import proxy
 
-from .ratelimit_store import BucketStore, Claim, MemoryBucketStore
+from .store import BucketStore, Claim, MemoryBucketStore
 
 __all__ = ["Limits", "QueueSettings", "RateLimitPlugin", "RateLimitSettings", "format_duration"]
 __version__ = proxy.__version__  # a built-in: versioned with Floodgate
