@@ -619,7 +619,7 @@ async def test_a_waiter_admitted_as_its_client_leaves_gives_everything_back() ->
     task = asyncio.ensure_future(waiting)
     await asyncio.sleep(0.01)  # queued: the next request token is a second away
     store.give_back(requests, 1.0, loop.time())  # as if that second had passed
-    plugin._scan()  # the queue admits it (its tokens are taken) ...
+    plugin.queue.scan()  # the queue admits it (its tokens are taken) ...
     task.cancel()  # ... and its client leaves before the waiter runs again
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -628,4 +628,4 @@ async def test_a_waiter_admitted_as_its_client_leaves_gives_everything_back() ->
     levels = store.peek([requests, tokens], loop.time()).levels
     assert levels[0] >= 0.99  # the request token came back
     assert 6000 - (HI_ESTIMATE + 10) <= levels[1] <= 6000 - (HI_ESTIMATE + 10) + 5  # only first's reservation
-    assert not plugin._queue
+    assert not plugin.queue
