@@ -1,4 +1,4 @@
-"""Tests of the cost plugin (plugins/cost.py, plugins/ledger.py) over real sockets."""
+"""Tests of the cost plugin (plugins/cost/) over real sockets."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import orjson
 import pytest
 
 import proxy
-from plugins import cost as cost_module
 from plugins.cost import CostPlugin
-from plugins.ledger import Ledger, Row, parse_since, periods
+from plugins.cost import plugin as cost_plugin_module
+from plugins.cost.ledger import Ledger, Row, parse_since, periods
 from proxy.config import config_from_dict
 from proxy.testing import MOCK_MODELS
 
@@ -412,13 +412,13 @@ async def test_daily_budget_resets_at_utc_midnight_monthly_does_not(floodgate, m
     now = time.time()
     day_start, day_end, month_start, month_end = periods(now)
     if month_end - day_end >= 86400:  # tomorrow is in the same month
-        monkeypatch.setattr(cost_module, "time", ShiftedTime(day_end + 1 - now))
+        monkeypatch.setattr(cost_plugin_module, "time", ShiftedTime(day_end + 1 - now))
         await client.chat.completions.create(model="gpt-4.1", messages=MSGS)  # a new day
         auth.budgets["shop"] = {"monthly_usd": 1.5 * one}  # 2 requests this month
         with pytest.raises(openai.RateLimitError) as info:
             await client.chat.completions.create(model="gpt-4.1", messages=MSGS)
         assert "monthly budget" in info.value.message
-    monkeypatch.setattr(cost_module, "time", ShiftedTime(month_end + 1 - now))
+    monkeypatch.setattr(cost_plugin_module, "time", ShiftedTime(month_end + 1 - now))
     await client.chat.completions.create(model="gpt-4.1", messages=MSGS)  # a new month
     assert not db.exists()  # ledger disabled: budgets are kept in memory only
 
