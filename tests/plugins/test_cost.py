@@ -22,7 +22,8 @@ import pytest
 import proxy
 from plugins.cost import CostPlugin
 from plugins.cost import plugin as cost_plugin_module
-from plugins.cost.ledger import Ledger, Row, parse_since, periods
+from plugins.cost.ledger import Ledger, Row
+from plugins.cost.report import parse_since, periods
 from proxy.config import config_from_dict
 from proxy.testing import MOCK_MODELS
 
