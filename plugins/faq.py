@@ -63,9 +63,9 @@ class RuleSettings(proxy.Settings):
     all: list[Keyword] = Field(default_factory=list)
     regex: str | None = None
     exclude: list[Keyword] = Field(default_factory=list)
-    max_length: Annotated[int, Field(gt=0)] | None = None
-    answer: Annotated[str, Field(min_length=1)]
-    model: Annotated[str, Field(min_length=1)] | None = None
+    max_length: proxy.PositiveInt | None = None
+    answer: proxy.NonEmptyStr
+    model: proxy.NonEmptyStr | None = None
 
     @field_validator("name")
     @classmethod

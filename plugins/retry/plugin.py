@@ -1,59 +1,21 @@
-"""Retry, fallback and circuit breakers: the ``retry`` plugin.
-
-Implements ``proxy_next_attempt``: walk the route's targets in order; retry a
-target on transient failures (429, 500, 502, 503, 504, connection errors,
-invalid bodies and, if ``retry_on_timeout``, timeouts) with exponential backoff
-and full jitter, honouring the upstream's ``Retry-After`` up to
-``max_retry_after_s`` (a longer one moves on to the next target at once); then
-fall back to the route's next target. A timeout moves on at once by default.
-Other 4xx statuses stop at once: the core relays them to the client. Other 5xx
-move on without a retry.
-
-One deadline per request (``deadline_s``, counted from the first attempt; time
-spent in admission queues is bounded by those plugins) bounds every attempt and
-every wait: no delay ends past it, and each attempt's timeouts are capped at the
-time left.
-
-Each target (catalogue model) has a circuit breaker. It opens after
-``breaker.failures`` consecutive failures, or when the failure ratio over a
-rolling window reaches ``breaker.failure_ratio`` (with at least
-``breaker.min_requests`` outcomes in the window). While open the target is
-skipped; the first request after ``breaker.cooldown_s`` half-opens it and is its
-one probe (concurrent requests keep skipping it); the probe's success closes it,
-its failure re-opens it for another cooldown. When every target of a route is
-open the request gets 503 ``upstream_unavailable`` with ``retry-after``.
-
-Only outcomes that say something about the target's health count: 5xx,
-timeouts, connection errors, invalid bodies and — by default
-(``breaker.trip_on_429``) — 429, because a target that keeps rate-limiting the
-gateway is unusable for its traffic until it recovers, which is what the breaker
-models. Any other 4xx is the request's fault and counts as a success (the target
-answered). A timeout of an attempt the deadline left with less than half the
-usual time counts for nothing.
-
-Streams: the core asks for another attempt only before the first byte reached
-the client, so a stream that broke mid-way is never retried.
-"""
+"""The retry plugin: the ``proxy_next_attempt`` policy (retry, fall back or
+stop), the per-request deadline, and feeding outcomes to the breakers."""
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 import time
-from collections import deque
 from collections.abc import Callable
-from typing import Annotated
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from pydantic import Field
+from prometheus_client import CollectorRegistry, Counter
 
 import proxy
 
-__all__ = ["BreakerSettings", "ModelOverrides", "RetryPlugin", "RetrySettings", "floodgate_plugin"]
-__version__ = proxy.__version__  # built-in: versioned with Floodgate
+from .breaker import Breaker, BreakerMetrics
+from .settings import RetrySettings
 
-log = logging.getLogger("floodgate.retry")
+__all__ = ["RETRY_STATUSES", "RetryPlugin"]
 
 #: Upstream statuses retried on the same target (then the next target).
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -62,48 +24,6 @@ _HEALTH_ERRORS = frozenset({"timeout", "connect", "invalid_body"})
 #: An attempt with less time than this before the deadline is not worth starting.
 _MIN_ATTEMPT_S = 0.01
 _STATE_KEY = "retry.state"
-
-# Breaker states, also the value of the floodgate_retry_breaker_state gauge.
-CLOSED, HALF_OPEN, OPEN = 0, 1, 2
-_STATE_NAMES = ("closed", "half_open", "open")
-
-NonNegativeInt = Annotated[int, Field(ge=0)]
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-
-
-class BreakerSettings(proxy.Settings):
-    """``plugins.retry.breaker``: one circuit breaker per catalogue model."""
-
-    enabled: bool = True
-    failures: PositiveInt = 5
-    failure_ratio: Annotated[float, Field(gt=0, le=1)] | None = 0.5
-    window_s: PositiveFloat = 30.0
-    min_requests: PositiveInt = 10
-    cooldown_s: PositiveFloat = 10.0
-    trip_on_429: bool = True
-
-
-class ModelOverrides(proxy.Settings):
-    """``plugins.retry.models.<model>``: per-target overrides."""
-
-    max_retries: NonNegativeInt | None = None
-    retry_on_timeout: bool | None = None
-
-
-class RetrySettings(proxy.Settings):
-    """``plugins.retry``."""
-
-    max_retries: NonNegativeInt = 2
-    retry_on_timeout: bool = False
-    backoff_base_s: NonNegativeFloat = 0.25
-    max_backoff_s: NonNegativeFloat = 4.0
-    max_retry_after_s: NonNegativeFloat = 5.0
-    deadline_s: PositiveFloat = 30.0
-    seed: int | None = None
-    models: dict[str, ModelOverrides] = {}
-    breaker: BreakerSettings = BreakerSettings()
 
 
 class _Metrics:
@@ -115,116 +35,7 @@ class _Metrics:
         self.fallbacks = proxy.LabelCache(Counter(
             "floodgate_retry_fallbacks", "Moves to another target of the route",
             ["from_model", "to_model"], registry=registry))
-        self.state = proxy.LabelCache(Gauge(
-            "floodgate_retry_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open",
-            ["model"], registry=registry))
-        self.transitions = proxy.LabelCache(Counter(
-            "floodgate_retry_breaker_transitions", "Circuit breaker state changes",
-            ["model", "to"], registry=registry))
-
-
-class Breaker:
-    """The circuit breaker of one target. ``clock`` is monotonic seconds."""
-
-    __slots__ = ("model", "settings", "metrics", "state", "consecutive", "open_until",
-                 "probing", "_buckets", "_width", "_total", "_failed")
-
-    def __init__(self, model: str, settings: BreakerSettings, metrics: _Metrics) -> None:
-        self.model = model
-        self.settings = settings
-        self.metrics = metrics
-        self.state = CLOSED
-        self.consecutive = 0
-        self.open_until = 0.0
-        self.probing = False  # half-open: the one probe is in flight
-        # Rolling window as 10 buckets: [start, outcomes, failures].
-        self._buckets: deque[list[float]] = deque()
-        self._width = settings.window_s / 10
-        self._total = 0
-        self._failed = 0
-        metrics.state(model).set(CLOSED)
-
-    def allow(self, now: float) -> tuple[bool, bool]:
-        """Whether a request may use the target now, and whether it got the probe slot."""
-        if self.state == CLOSED:
-            return True, False
-        if self.state == OPEN:
-            if now < self.open_until:
-                return False, False
-            self._set(HALF_OPEN)
-        if self.probing:
-            return False, False
-        self.probing = True
-        return True, True
-
-    def retry_in(self, now: float) -> float:
-        """Seconds until the target may be tried again (0 when it may now)."""
-        if self.state == OPEN:
-            return max(0.0, self.open_until - now)
-        return 1.0 if self.state == HALF_OPEN and self.probing else 0.0
-
-    def record(self, failed: bool, now: float, probe: bool) -> None:
-        """One outcome. Only the probe decides a half-open breaker; outcomes of requests
-        that started before the breaker opened are ignored while it is not closed."""
-        if probe:
-            self.probing = False
-            if failed:
-                self._open(now)
-            else:
-                self._reset()
-                self._set(CLOSED)
-            return
-        if self.state != CLOSED:
-            return
-        self._count(failed, now)
-        if not failed:
-            self.consecutive = 0
-            return
-        self.consecutive += 1
-        ratio = self.settings.failure_ratio
-        if self.consecutive >= self.settings.failures or (
-                ratio is not None and self._total >= self.settings.min_requests
-                and self._failed >= ratio * self._total):
-            self._open(now)
-
-    def release(self) -> None:
-        """The probe holder ended without an outcome: let the next request probe."""
-        self.probing = False
-
-    def _count(self, failed: bool, now: float) -> None:
-        buckets = self._buckets
-        start = now - now % self._width
-        horizon = now - self.settings.window_s
-        while buckets and buckets[0][0] <= horizon:
-            _, total, fails = buckets.popleft()
-            self._total -= int(total)
-            self._failed -= int(fails)
-        if not buckets or buckets[-1][0] != start:
-            buckets.append([start, 0, 0])
-        bucket = buckets[-1]
-        bucket[1] += 1
-        self._total += 1
-        if failed:
-            bucket[2] += 1
-            self._failed += 1
-
-    def _reset(self) -> None:
-        self.consecutive = 0
-        self._buckets.clear()
-        self._total = self._failed = 0
-
-    def _open(self, now: float) -> None:
-        self.open_until = now + self.settings.cooldown_s
-        self._reset()
-        self._set(OPEN)
-
-    def _set(self, state: int) -> None:
-        if state != self.state:
-            self.state = state
-            self.metrics.state(self.model).set(state)
-            self.metrics.transitions(self.model, _STATE_NAMES[state]).inc()
-            log.log(logging.WARNING if state == OPEN else logging.INFO,
-                    "circuit breaker of %s is now %s", self.model, _STATE_NAMES[state])
+        self.breaker = BreakerMetrics(registry)
 
 
 class _RequestState:
@@ -291,7 +102,7 @@ class RetryPlugin:
     def _breaker(self, model: str) -> Breaker:
         breaker = self.breakers.get(model)
         if breaker is None:
-            breaker = self.breakers[model] = Breaker(model, self.settings.breaker, self._metrics)
+            breaker = self.breakers[model] = Breaker(model, self.settings.breaker, self._metrics.breaker)
         return breaker
 
     # -- attempts -----------------------------------------------------------
@@ -357,6 +168,7 @@ class RetryPlugin:
         if self._breaker_on and not self._take(st, model, len(ctx.attempts)):
             return None
         st.tries += 1
+        assert last.error is not None  # only failures are retried
         reason = last.error if last.error != "http" else str(last.status)
         self._metrics.retries(model, reason).inc()
         return self._attempt(ctx, st, target, delay, remaining - delay)
@@ -447,6 +259,3 @@ class RetryPlugin:
         if st.probe is not None:  # took the slot but never made the attempt
             st.probe[0].release()
             st.probe = None
-
-
-floodgate_plugin = RetryPlugin

@@ -1,173 +1,27 @@
-"""API keys: who may call the gateway, which models each key may use, per-key limits.
-
-Settings (``plugins.auth``)::
-
-    plugins:
-      auth:
-        admin_key_sha256: 9f86d0...        # or admin_key: ${FLOODGATE_ADMIN_KEY}
-        keys:
-          - {name: shop-bot, key: "${SHOP_BOT_KEY}", models: ["deepseek-*", gpt-4.1-mini]}
-          - name: analytics
-            sha256: 2c26b4...              # hex SHA-256 of the secret: the file holds no secret
-            priority: 10
-            rate_limit: {requests_per_second: 5, burst: 10}
-            budget: {daily_usd: 20}
-
-Clients send their key as ``Authorization: Bearer <key>`` (what every OpenAI SDK
-does) or in an ``api-key`` header (what the Azure OpenAI SDKs send). Secrets are
-only kept as SHA-256 digests and compared with :func:`hmac.compare_digest`; no
-key, nor any part of one, ever appears in a message, log line or metric label:
-callers are known by their key's ``name``.
-
-Without any key configured (no ``plugins.auth`` block, or no ``keys`` and no
-admin key) the plugin does nothing and callers are anonymous (the core's
-default). With only an admin key, the OpenAI endpoints stay open and only the
-admin endpoints (``/-/...``) need that key.
-
-The admin key authenticates as ``Principal(name="admin", admin=True)`` on every
-endpoint; the core's ``require_admin`` lets only it (or, without auth, the
-anonymous caller) into admin endpoints.
-
-``floodgate key new --name NAME`` prints a fresh key and its config entry.
-
-Metric: ``floodgate_auth_requests_total{key, outcome}``: ``key`` is the key's
-name (``-`` when unknown or missing), ``outcome`` one of ``ok``, ``missing``,
-``invalid``, ``forbidden_model``.
-
-The ``models`` list is also checked on passthrough endpoints (other ``/v1/*``
-paths, whose bodies the core does not parse): a JSON body's ``model`` must be
-allowed, and a body that is not JSON (e.g. a multipart upload) is refused for a
-key with a list, since its model cannot be checked.
-"""
+"""The auth plugin: keys compiled for the hot path and the ``proxy_authenticate`` hook."""
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
-import hashlib
 import hmac
 import logging
 import re
-import secrets
-import sys
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter
-from pydantic import Field, SecretStr, field_validator
+from pydantic import SecretStr
 
 import proxy
 
+from .cli import add_key_command
+from .settings import AuthSettings, KeySettings, sha256_digest
+
+__all__ = ["AuthPlugin"]
+
 log = logging.getLogger("floodgate.auth")
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$")
-_NAME_RULE = "must be 1-64 characters: letters, digits and . _ : @ - (starting with a letter or digit)"
-_HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
-#: Names the plugin (or the core) uses for other callers.
-_RESERVED_NAMES = frozenset({"admin", "anonymous", "-"})
-MIN_KEY_LENGTH = 8
-KEY_PREFIX = "fg-"
-
-PositiveFloat = Annotated[float, Field(gt=0)]
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
-
-
-def _secret(value: Any) -> Any:
-    """Check a secret without ever echoing it (pydantic's messages quote the input)."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValueError("must be a string (quote it in YAML)")
-    if len(value) < MIN_KEY_LENGTH:
-        raise ValueError(f"must be at least {MIN_KEY_LENGTH} characters"
-                         + (" (is its environment variable set?)" if not value else ""))
-    return value
-
-
-def _digest_hex(value: Any) -> Any:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _HEX64_RE.match(value):
-        raise ValueError("must be 64 hex characters (the SHA-256 of the key, e.g. from `floodgate key new`)")
-    return value.lower()
-
-
-class RateLimitOverride(proxy.Settings):
-    """Per-key limits; each overrides the ratelimit plugin's per-key default."""
-
-    requests_per_second: PositiveFloat | None = None
-    burst: PositiveInt | None = None
-    tokens_per_minute: PositiveInt | None = None
-    max_concurrent: PositiveInt | None = None
-
-
-class BudgetOverride(proxy.Settings):
-    """Per-key spending caps in US dollars (enforced by the cost plugin)."""
-
-    daily_usd: NonNegativeFloat | None = None
-    monthly_usd: NonNegativeFloat | None = None
-
-
-class KeySettings(proxy.Settings):
-    """One client key: exactly one of ``key`` or ``sha256``."""
-
-    name: str
-    key: SecretStr | None = None
-    sha256: str | None = None
-    models: list[Annotated[str, Field(min_length=1)]] | None = None
-    priority: int | None = None
-    rate_limit: RateLimitOverride | None = None
-    budget: BudgetOverride | None = None
-    force_tier: bool | None = None
-
-    @field_validator("name", mode="before")
-    @classmethod
-    def _name(cls, value: Any) -> Any:
-        if not isinstance(value, str) or not _NAME_RE.match(value):
-            raise ValueError(_NAME_RULE)
-        if value in _RESERVED_NAMES:
-            raise ValueError(f"{value!r} is reserved; choose another name")
-        return value
-
-    @field_validator("key", mode="before")
-    @classmethod
-    def _key(cls, value: Any) -> Any:
-        return _secret(value)
-
-    @field_validator("sha256", mode="before")
-    @classmethod
-    def _sha256(cls, value: Any) -> Any:
-        return _digest_hex(value)
-
-    @field_validator("models")
-    @classmethod
-    def _models(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and not value:
-            raise ValueError("must list at least one model name or glob (leave it out to allow every model)")
-        return value
-
-
-class AuthSettings(proxy.Settings):
-    keys: list[KeySettings] = Field(default_factory=list)
-    admin_key: SecretStr | None = None
-    admin_key_sha256: str | None = None
-
-    @field_validator("admin_key", mode="before")
-    @classmethod
-    def _key(cls, value: Any) -> Any:
-        return _secret(value)
-
-    @field_validator("admin_key_sha256", mode="before")
-    @classmethod
-    def _sha256(cls, value: Any) -> Any:
-        return _digest_hex(value)
-
-
-def sha256_digest(secret: str) -> bytes:
-    """The SHA-256 digest of a key as used in ``sha256:`` (its hex form)."""
-    return hashlib.sha256(secret.encode("utf-8")).digest()
 
 
 def _model_matcher(patterns: list[str]) -> Callable[[str], bool]:
@@ -326,17 +180,7 @@ class AuthPlugin:
     # -- command line ---------------------------------------------------------
     @proxy.hookimpl
     def proxy_add_commands(self, subparsers: argparse._SubParsersAction) -> None:
-        key = subparsers.add_parser("key", help="create API keys for the auth plugin",
-                                    description="Manage the API keys clients use (plugins.auth.keys).")
-        sub = key.add_subparsers(dest="key_command", metavar="SUBCOMMAND")
-        new = sub.add_parser(
-            "new", help="print a fresh random key and its config entry",
-            description="Print a new random API key and the plugins.auth.keys entry that accepts it. "
-                        "The entry holds only the key's SHA-256, so the config file needs no secret. "
-                        "The key is shown once: hand it to the client now.")
-        new.add_argument("--name", required=True, help="the key's name (shown in logs and metrics)")
-        new.set_defaults(func=_cmd_key_new)
-        key.set_defaults(func=lambda args: (key.print_help(), 2)[1])
+        add_key_command(subparsers)
 
 
 _CHALLENGE: Mapping[str, str] = {"WWW-Authenticate": 'Bearer realm="floodgate"'}
@@ -367,30 +211,3 @@ def _passthrough_model(raw: bytes) -> str | None:
         return ""
     model = body.get("model") if isinstance(body, dict) else None
     return model if isinstance(model, str) or model is None else ""
-
-
-def new_key() -> str:
-    """A fresh random API key: ``fg-`` and 43 URL-safe characters (256 bits)."""
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def _cmd_key_new(args: argparse.Namespace) -> int:
-    name: str = args.name
-    problem = (_NAME_RULE if not _NAME_RE.match(name) else
-               "is reserved; choose another name" if name in _RESERVED_NAMES else None)
-    if problem:
-        print(f"error: --name {problem}", file=sys.stderr)
-        return 2
-    key = new_key()
-    digest = sha256_digest(key).hex()
-    env = "FLOODGATE_KEY_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
-    print(f"API key for {name!r} (shown only now; give it to the client):\n\n"
-          f"    {key}\n\n"
-          f"Add this entry under plugins.auth.keys in the config (it holds only the key's SHA-256):\n\n"
-          f"    - {{name: {name}, sha256: {digest}}}\n\n"
-          f"Or keep the secret in an environment variable instead, set {env} to the key and use:\n\n"
-          f"    - {{name: {name}, key: \"${{{env}}}\"}}")
-    return 0
-
-
-floodgate_plugin = AuthPlugin

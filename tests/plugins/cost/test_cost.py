@@ -1,4 +1,4 @@
-"""Tests of the cost plugin (plugins/cost.py, plugins/ledger.py) over real sockets."""
+"""Tests of the cost plugin (plugins/cost/) over real sockets."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ import orjson
 import pytest
 
 import proxy
-from plugins import cost as cost_module
 from plugins.cost import CostPlugin
-from plugins.ledger import Ledger, Row, parse_since, periods
+from plugins.cost import plugin as cost_plugin_module
+from plugins.cost.ledger import Ledger, Row
+from plugins.cost.report import periods
 from proxy.config import config_from_dict
 from proxy.testing import MOCK_MODELS
 
@@ -412,36 +413,15 @@ async def test_daily_budget_resets_at_utc_midnight_monthly_does_not(floodgate, m
     now = time.time()
     day_start, day_end, month_start, month_end = periods(now)
     if month_end - day_end >= 86400:  # tomorrow is in the same month
-        monkeypatch.setattr(cost_module, "time", ShiftedTime(day_end + 1 - now))
+        monkeypatch.setattr(cost_plugin_module, "time", ShiftedTime(day_end + 1 - now))
         await client.chat.completions.create(model="gpt-4.1", messages=MSGS)  # a new day
         auth.budgets["shop"] = {"monthly_usd": 1.5 * one}  # 2 requests this month
         with pytest.raises(openai.RateLimitError) as info:
             await client.chat.completions.create(model="gpt-4.1", messages=MSGS)
         assert "monthly budget" in info.value.message
-    monkeypatch.setattr(cost_module, "time", ShiftedTime(month_end + 1 - now))
+    monkeypatch.setattr(cost_plugin_module, "time", ShiftedTime(month_end + 1 - now))
     await client.chat.completions.create(model="gpt-4.1", messages=MSGS)  # a new month
     assert not db.exists()  # ledger disabled: budgets are kept in memory only
-
-
-def test_periods_are_utc_calendar_periods():
-    import calendar
-    dec31 = calendar.timegm((2026, 12, 31, 23, 59, 0))
-    assert periods(dec31) == (calendar.timegm((2026, 12, 31, 0, 0, 0)), calendar.timegm((2027, 1, 1, 0, 0, 0)),
-                              calendar.timegm((2026, 12, 1, 0, 0, 0)), calendar.timegm((2027, 1, 1, 0, 0, 0)))
-    feb = calendar.timegm((2028, 2, 10, 0, 0, 0))
-    assert periods(feb)[3] == calendar.timegm((2028, 3, 1, 0, 0, 0))
-
-
-def test_parse_since():
-    now = 1_800_000_000.0
-    assert parse_since("24h", now) == now - 86400
-    assert parse_since("7d", now) == now - 7 * 86400
-    assert parse_since("30m", now) == now - 1800
-    assert parse_since("2026-11-01", now) == 1_793_491_200.0  # midnight UTC
-    assert parse_since("2026-11-01T12:00", now) == 1_793_491_200.0 + 43200
-    assert parse_since("2026-11-01T12:00:00+02:00", now) == 1_793_491_200.0 + 36000
-    with pytest.raises(ValueError, match="neither a date"):
-        parse_since("yesterday", now)
 
 
 # -- the ledger ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests of the complexity router (plugins/router.py) over real sockets with the openai SDK."""
+"""Tests of the complexity router (plugins/router/) over real sockets with the openai SDK."""
 
 from __future__ import annotations
 

@@ -6,69 +6,30 @@ dedicated single-thread executor that owns the only connection (so the
 connection is never used from two threads, even when a caller is cancelled
 mid-flush). :meth:`Ledger.close` writes everything still pending: nothing is
 lost on a graceful shutdown.
-
-The module also holds the read side (:func:`summarize`, :func:`read_report`,
-:func:`format_table`) shared by ``floodgate usage`` and ``GET /-/usage``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import calendar
 import contextlib
 import logging
-import os
-import re
 import sqlite3
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
+
+from .report import summarize
+from .schema import MEMORY, SCHEMA, iso_utc
+
+__all__ = ["Ledger", "Row"]
 
 log = logging.getLogger("floodgate.cost")
 
 T = TypeVar("T")
 
-MEMORY = ":memory:"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS usage (
-    request_id        TEXT NOT NULL,
-    ts                TEXT NOT NULL,     -- UTC ISO 8601, when the request finished
-    epoch             REAL NOT NULL,     -- the same instant, Unix seconds
-    key               TEXT NOT NULL,     -- the principal's name (never a secret)
-    requested_model   TEXT,              -- what the client asked for
-    model             TEXT,              -- the catalogue model actually used (last attempt)
-    route             TEXT,
-    attempts          INTEGER NOT NULL,
-    prompt_tokens     INTEGER NOT NULL,  -- includes cached_tokens
-    completion_tokens INTEGER NOT NULL,
-    cached_tokens     INTEGER NOT NULL,
-    estimated         INTEGER NOT NULL,  -- 1: usage estimated by the gateway
-    cost_usd          REAL NOT NULL,
-    status            INTEGER NOT NULL,
-    latency_ms        REAL NOT NULL,
-    endpoint          TEXT NOT NULL,
-    short_circuit     TEXT               -- the Reply's source when no upstream was called
-);
-CREATE INDEX IF NOT EXISTS usage_epoch ON usage (epoch);
-"""
-
 _INSERT = ("INSERT INTO usage (request_id, ts, epoch, key, requested_model, model, route, attempts, "
            "prompt_tokens, completion_tokens, cached_tokens, estimated, cost_usd, status, latency_ms, "
            "endpoint, short_circuit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-
-#: ``by`` choices and the SQL expression each groups on (a fixed map: no injection).
-GROUPS: dict[str, str] = {
-    "key": "key",
-    "model": "COALESCE(model, '-')",
-    "route": "COALESCE(route, '-')",
-    "day": "substr(ts, 1, 10)",
-}
-
-_SINCE_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*$")
-_UNIT_SECONDS = {"m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
 class Row(NamedTuple):
@@ -92,106 +53,14 @@ class Row(NamedTuple):
     short_circuit: str | None
 
 
-def iso_utc(epoch: float) -> str:
-    """``2026-11-01T12:34:56.789Z``."""
-    whole = int(epoch)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((epoch - whole) * 1000):03d}Z"
-
-
-def parse_since(text: str, now: float | None = None) -> float:
-    """The Unix time ``text`` means: a UTC date or date-time (``2026-11-01``,
-    ``2026-11-01T12:00``) or a span back from now (``30m``, ``24h``, ``7d``, ``2w``).
-
-    Raises :class:`ValueError` with a message fit for the user.
-    """
-    match = _SINCE_RELATIVE.match(text)
-    if match:
-        return (time.time() if now is None else now) - float(match[1]) * _UNIT_SECONDS[match[2]]
-    try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{text!r} is neither a date (2026-11-01), a date-time (2026-11-01T12:00) "
-                         "nor a span (30m, 24h, 7d, 2w)") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
-
-
-def periods(now: float) -> tuple[float, float, float, float]:
-    """The UTC calendar periods containing ``now``: (day start, day end, month start, month end)."""
-    t = time.gmtime(now)
-    day = calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0))
-    month = calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0))
-    year, next_month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
-    return float(day), float(day + 86400), float(month), float(calendar.timegm((year, next_month, 1, 0, 0, 0)))
-
-
-# -- the read side (shared by the CLI and the HTTP endpoint) -------------------
-
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=10.0)
     if path != MEMORY:
         conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
         conn.execute("PRAGMA synchronous=NORMAL")  # durable enough with WAL, far fewer fsyncs
-    conn.executescript(_SCHEMA)
+    conn.executescript(SCHEMA)
     return conn
 
-
-def summarize(conn: sqlite3.Connection, *, since: float | None, by: str) -> dict[str, Any]:
-    """Requests, tokens, cost and estimated rows per group, with totals.
-
-    :param since: Unix time of the oldest row to count, or ``None`` for all.
-    :param by: one of :data:`GROUPS`.
-    """
-    expr = GROUPS[by]  # KeyError for a bad ``by``: callers validate first
-    where, params = ("WHERE epoch >= ?", (since,)) if since is not None else ("", ())
-    order = "grp" if by == "day" else "cost DESC, grp"
-    rows = conn.execute(
-        f"SELECT {expr} AS grp, COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), "
-        f"COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(cost_usd), 0.0) AS cost, COALESCE(SUM(estimated), 0) "
-        f"FROM usage {where} GROUP BY grp ORDER BY {order}", params).fetchall()
-    groups = [{"group": g, **_numbers(r)} for g, *r in rows]
-    total = _numbers([sum(r[i] for r in rows) for i in range(1, 7)])
-    return {"by": by, "since": iso_utc(since) if since is not None else None, "groups": groups, "total": total}
-
-
-def _numbers(values: Sequence[Any]) -> dict[str, Any]:
-    requests, prompt, completion, cached, cost, estimated = values
-    return {"requests": int(requests), "prompt_tokens": int(prompt), "completion_tokens": int(completion),
-            "cached_tokens": int(cached), "cost_usd": round(float(cost), 10), "estimated": int(estimated)}
-
-
-def read_report(path: str, *, since: float | None, by: str) -> dict[str, Any]:
-    """:func:`summarize` a ledger file. Raises :class:`FileNotFoundError` if it does not exist."""
-    if path == MEMORY or not os.path.isfile(path):
-        raise FileNotFoundError(path)
-    with contextlib.closing(sqlite3.connect(path, timeout=10.0)) as conn:
-        conn.executescript(_SCHEMA)  # a file created by something else: an empty ledger, not a crash
-        return summarize(conn, since=since, by=by)
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """The report as an aligned text table with a totals line."""
-    head = (report["by"], "requests", "prompt tokens", "completion tokens", "cost USD", "estimated")
-
-    def cells(label: str, n: dict[str, Any]) -> tuple[str, ...]:
-        return (label, f"{n['requests']:,}", f"{n['prompt_tokens']:,}", f"{n['completion_tokens']:,}",
-                f"{n['cost_usd']:,.6f}", f"{n['estimated']:,}")
-
-    body = [cells(str(g["group"]), g) for g in report["groups"]]
-    total = cells("total", report["total"])
-    widths = [max(len(row[i]) for row in (head, *body, total)) for i in range(len(head))]
-
-    def line(row: tuple[str, ...]) -> str:
-        return "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))])
-
-    rule = "  ".join("-" * w for w in widths)
-    since = f" since {report['since']}" if report["since"] else ""
-    title = f"usage by {report['by']}{since}"
-    return "\n".join([title, "", line(head), rule, *map(line, body), rule, line(total)])
-
-
-# -- the write side ---------------------------------------------------------------
 
 class Ledger:
     """Batched, off-the-hot-path writer of :class:`Row`\\ s to one SQLite file.

@@ -1,100 +1,32 @@
-"""Cost accounting, per-key budgets and the usage ledger (the ``cost`` plugin).
-
-* **Cost** of a request = its usage priced with the catalogue price of the model
-  actually used (the last attempt's target): uncached prompt tokens at
-  ``input``, cached ones at ``cached_input`` (``input`` if unset), completion at
-  ``output``, all per million tokens. Short-circuits and requests that never
-  reached an upstream cost 0. Set on ``ctx.cost`` for the other observers and,
-  on non-streaming responses, sent as ``x-floodgate-cost-usd``.
-* **Budgets** per key, per UTC day and UTC month, from the principal's
-  ``settings["budget"]`` (``daily_usd``, ``monthly_usd``) or the plugin's
-  ``default_budget``. A key whose spending has reached a budget is refused at
-  admission with 429 ``insufficient_quota`` (``x-should-retry: false``). The
-  check is per request at admission: requests admitted while the key was
-  still under budget all run, so spending may overshoot by the cost of the
-  requests in flight. Spending is kept in memory and reloaded from the ledger
-  at start-up, so a restart does not reset it.
-* **Ledger**: one SQLite row per finished request, written in batches off the
-  hot path (:mod:`plugins.ledger`); ``floodgate usage`` and ``GET /-/usage``
-  summarise it.
-
-Example::
-
-    plugins:
-      cost:
-        default_budget: {daily_usd: 5, monthly_usd: 100}
-        ledger: {path: /var/lib/floodgate/usage.db}
-"""
+"""The cost plugin: pricing, budgets, metrics, the ledger rows and ``GET /-/usage``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import sqlite3
-import sys
 import time
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from pydantic import Field
 
 import proxy
-from proxy.cli import add_config_option
-from proxy.errors import error_response
 
-from .ledger import GROUPS, MEMORY, Ledger, Row, format_table, parse_since, periods, read_report
+from .ledger import Ledger, Row
+from .report import GROUPS, parse_since, periods
+from .settings import CostSettings, ledger_path
+
+__all__ = ["CostPlugin", "InvalidBudget"]
 
 log = logging.getLogger("floodgate.cost")
-
-__version__ = proxy.__version__  # a built-in: versioned with Floodgate
-
-NonNegativeFloat = Annotated[float, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-PositiveInt = Annotated[int, Field(gt=0)]
-
 
 _ADJECTIVE = {"day": "daily", "month": "monthly"}
 
 
-class BudgetSettings(proxy.Settings):
-    """US dollars a key may spend per UTC calendar period; ``None`` = unlimited."""
-
-    daily_usd: NonNegativeFloat | None = None
-    monthly_usd: NonNegativeFloat | None = None
-
-
-class LedgerSettings(proxy.Settings):
-    enabled: bool = True
-    path: str = "usage.db"
-    batch_size: PositiveInt = 200
-    flush_interval_s: PositiveFloat = 1.0
-    warn_backlog: PositiveInt = 10_000
-
-
-class CostSettings(proxy.Settings):
-    default_budget: BudgetSettings = BudgetSettings()
-    ledger: LedgerSettings = LedgerSettings()
-
-
 class InvalidBudget(ValueError):
     """A principal's ``budget`` setting is not a mapping of numbers."""
-
-
-def ledger_path(config: proxy.Config, settings: LedgerSettings) -> str:
-    """The ledger file as an absolute path (relative paths are relative to the working directory)."""
-    if settings.path == MEMORY:
-        return MEMORY
-    path = os.path.abspath(os.path.expanduser(settings.path))
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        raise config.error(("plugins", "cost", "ledger", "path"), f"directory {directory!r} does not exist")
-    if os.path.isdir(path):
-        raise config.error(("plugins", "cost", "ledger", "path"), f"{path!r} is a directory, not a file")
-    return path
 
 
 def _limit(budget: Mapping[str, Any], name: str, default: float | None) -> float | None:
@@ -159,17 +91,9 @@ class CostPlugin:
 
     @proxy.hookimpl
     def proxy_add_commands(self, subparsers: argparse._SubParsersAction) -> None:
-        parser = subparsers.add_parser(
-            "usage", help="summarise the usage ledger",
-            description="Requests, tokens and cost from the cost plugin's usage ledger "
-                        "(plugins.cost.ledger.path in the config), grouped by key, model, route or day.")
-        add_config_option(parser)
-        parser.add_argument("--since", type=_since_arg, metavar="WHEN",
-                            help="only rows since a UTC date or date-time (2026-11-01, 2026-11-01T12:00) "
-                                 "or a span back from now (30m, 24h, 7d, 2w); default: all")
-        parser.add_argument("--by", choices=tuple(GROUPS), default="key", help="group rows by (default: key)")
-        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-        parser.set_defaults(func=_cmd_usage)
+        from .cli import add_usage_command  # not at the top: cli.py imports this module
+
+        add_usage_command(subparsers)
 
     # -- lifecycle -----------------------------------------------------------------
     @proxy.hookimpl
@@ -312,70 +236,23 @@ class CostPlugin:
             self._set_remaining(key, limits)
 
     async def _usage_endpoint(self, request: web.Request) -> web.Response:
-        """``GET /-/usage?since=24h&by=model``: the ledger summary as JSON (admins only)."""
+        """``GET /-/usage?since=24h&by=model``: the ledger summary as JSON (admins only).
+
+        A :class:`proxy.Rejection` raised here is answered as OpenAI's JSON error by the core.
+        """
+        await proxy.require_admin(request)
+        by = request.query.get("by", "key")
+        if by not in GROUPS:
+            raise proxy.Rejection(400, f"'by' must be one of: {', '.join(GROUPS)}", param="by",
+                                  code="invalid_value", should_retry=False)
+        since_text = request.query.get("since")
         try:
-            await proxy.require_admin(request)
-            by = request.query.get("by", "key")
-            if by not in GROUPS:
-                raise proxy.Rejection(400, f"'by' must be one of: {', '.join(GROUPS)}", param="by",
-                                      code="invalid_value", should_retry=False)
-            since_text = request.query.get("since")
-            try:
-                since = parse_since(since_text) if since_text else None
-            except ValueError as exc:
-                raise proxy.Rejection(400, f"'since': {exc}", param="since", code="invalid_value",
-                                      should_retry=False) from None
-            if self.ledger is None:
-                raise proxy.Rejection(404, "the usage ledger is disabled (plugins.cost.ledger.enabled)",
-                                      code="ledger_disabled", should_retry=False)
-        except proxy.Rejection as rejection:
-            return error_response(rejection)
+            since = parse_since(since_text) if since_text else None
+        except ValueError as exc:
+            raise proxy.Rejection(400, f"'since': {exc}", param="since", code="invalid_value",
+                                  should_retry=False) from None
+        if self.ledger is None:
+            raise proxy.Rejection(404, "the usage ledger is disabled (plugins.cost.ledger.enabled)",
+                                  code="ledger_disabled", should_retry=False)
         report = await self.ledger.report(since=since, by=by)
         return web.Response(body=orjson.dumps(report), content_type="application/json")
-
-
-def _since_arg(text: str) -> float:
-    try:
-        return parse_since(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _cmd_usage(args: argparse.Namespace) -> int:
-    """``floodgate usage``: print the ledger summary (table or JSON)."""
-    try:
-        config = proxy.load_config(args.config)
-        settings = config.plugin_settings(CostPlugin.name, CostSettings)
-        path = ledger_path(config, settings.ledger) if settings.ledger.enabled else MEMORY
-    except proxy.ConfigErrors as exc:
-        errors = exc.errors
-    except proxy.ConfigError as exc:
-        errors = [exc]
-    else:
-        errors = []
-    if errors:
-        for error in errors:
-            print(f"error: {error}", file=sys.stderr)
-        return 1
-    if not settings.ledger.enabled:
-        print("error: the usage ledger is disabled (plugins.cost.ledger.enabled: false)", file=sys.stderr)
-        return 1
-    if path == MEMORY:
-        print("error: an in-memory ledger (:memory:) can only be read through GET /-/usage", file=sys.stderr)
-        return 1
-    try:
-        report = read_report(path, since=args.since, by=args.by)
-    except FileNotFoundError:
-        print(f"error: no usage ledger at {path} (nothing recorded yet?)", file=sys.stderr)
-        return 1
-    except sqlite3.DatabaseError as exc:
-        print(f"error: cannot read the usage ledger {path}: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
-    else:
-        print(format_table(report))
-    return 0
-
-
-floodgate_plugin = CostPlugin

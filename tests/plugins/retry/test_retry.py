@@ -1,4 +1,4 @@
-"""Tests of the retry plugin (plugins/retry.py): retries, fallbacks, deadline, circuit breakers.
+"""Tests of the retry plugin (plugins/retry/): retries, fallbacks, deadline, circuit breakers.
 
 Real HTTP: the openai SDK (no SDK retries) -> the gateway -> the mock upstream.
 """

@@ -1,0 +1,117 @@
+"""The ``plugins.auth`` block: client keys, the admin key, and the names keys may have."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+
+import proxy
+
+__all__ = ["MIN_KEY_LENGTH", "NAME_RE", "NAME_RULE", "RESERVED_NAMES", "AuthSettings", "BudgetOverride",
+           "KeySettings", "RateLimitOverride", "sha256_digest"]
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$")
+NAME_RULE = "must be 1-64 characters: letters, digits and . _ : @ - (starting with a letter or digit)"
+_HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+#: Names the plugin (or the core) uses for other callers.
+RESERVED_NAMES = frozenset({"admin", "anonymous", "-"})
+MIN_KEY_LENGTH = 8
+
+
+def _secret(value: Any) -> Any:
+    """Check a secret without ever echoing it (pydantic's messages quote the input)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be a string (quote it in YAML)")
+    if len(value) < MIN_KEY_LENGTH:
+        raise ValueError(f"must be at least {MIN_KEY_LENGTH} characters"
+                         + (" (is its environment variable set?)" if not value else ""))
+    return value
+
+
+def _digest_hex(value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _HEX64_RE.match(value):
+        raise ValueError("must be 64 hex characters (the SHA-256 of the key, e.g. from `floodgate key new`)")
+    return value.lower()
+
+
+class RateLimitOverride(proxy.Settings):
+    """Per-key limits; each overrides the ratelimit plugin's per-key default."""
+
+    requests_per_second: proxy.PositiveFloat | None = None
+    burst: proxy.PositiveInt | None = None
+    tokens_per_minute: proxy.PositiveInt | None = None
+    max_concurrent: proxy.PositiveInt | None = None
+
+
+class BudgetOverride(proxy.Settings):
+    """Per-key spending caps in US dollars (enforced by the cost plugin)."""
+
+    daily_usd: proxy.NonNegativeFloat | None = None
+    monthly_usd: proxy.NonNegativeFloat | None = None
+
+
+class KeySettings(proxy.Settings):
+    """One client key: exactly one of ``key`` or ``sha256``."""
+
+    name: str
+    key: SecretStr | None = None
+    sha256: str | None = None
+    models: list[proxy.NonEmptyStr] | None = None
+    priority: int | None = None
+    rate_limit: RateLimitOverride | None = None
+    budget: BudgetOverride | None = None
+    force_tier: bool | None = None
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not NAME_RE.match(value):
+            raise ValueError(NAME_RULE)
+        if value in RESERVED_NAMES:
+            raise ValueError(f"{value!r} is reserved; choose another name")
+        return value
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _key(cls, value: Any) -> Any:
+        return _secret(value)
+
+    @field_validator("sha256", mode="before")
+    @classmethod
+    def _sha256(cls, value: Any) -> Any:
+        return _digest_hex(value)
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("must list at least one model name or glob (leave it out to allow every model)")
+        return value
+
+
+class AuthSettings(proxy.Settings):
+    keys: list[KeySettings] = Field(default_factory=list)
+    admin_key: SecretStr | None = None
+    admin_key_sha256: str | None = None
+
+    @field_validator("admin_key", mode="before")
+    @classmethod
+    def _key(cls, value: Any) -> Any:
+        return _secret(value)
+
+    @field_validator("admin_key_sha256", mode="before")
+    @classmethod
+    def _sha256(cls, value: Any) -> Any:
+        return _digest_hex(value)
+
+
+def sha256_digest(secret: str) -> bytes:
+    """The SHA-256 digest of a key as used in ``sha256:`` (its hex form)."""
+    return hashlib.sha256(secret.encode("utf-8")).digest()

@@ -1,0 +1,53 @@
+"""The ``plugins.ratelimit`` block, and the per-key ``rate_limit`` overrides."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+import proxy
+
+__all__ = ["Limits", "QueueSettings", "RateLimitSettings"]
+
+# ge=1 rather than proxy.PositiveInt: the same values, but the message users see stays "at least 1".
+_AtLeastOne = Annotated[int, Field(ge=1)]
+
+
+class Limits(proxy.Settings):
+    """The limits of one scope (also the keys of ``principal.settings["rate_limit"]``).
+
+    Every key is optional; an absent key is no limit of that kind.
+    """
+
+    #: Sustained request rate (refill of the request bucket).
+    requests_per_second: proxy.PositiveFloat | None = None
+    #: Request bucket capacity: how many requests may arrive at once. Default ``ceil(requests_per_second)``.
+    burst: _AtLeastOne | None = None
+    #: Token bucket: capacity and refill per minute (prompt + completion tokens).
+    tokens_per_minute: proxy.PositiveInt | None = None
+    #: Requests in flight at the same time (admission until the response is finished).
+    max_concurrent: proxy.PositiveInt | None = None
+
+
+class QueueSettings(proxy.Settings):
+    """``mode: queue``: how long and how many requests may wait for a bucket."""
+
+    max_wait_ms: proxy.PositiveFloat = 2000.0
+    max_length: _AtLeastOne = 1000
+
+
+class RateLimitSettings(proxy.Settings):
+    """The ``plugins.ratelimit`` block. Absent scopes are not limited."""
+
+    mode: Literal["queue", "reject"] = "queue"
+    queue: QueueSettings = QueueSettings()
+    global_: Limits | None = Field(default=None, alias="global")
+    #: Defaults for every key (principal); ``principal.settings["rate_limit"]`` overrides them per key.
+    per_key: Limits | None = None
+    #: Per catalogue model (the route's first target).
+    models: dict[str, Limits] = Field(default_factory=dict)
+    #: Per upstream (of the route's first target).
+    upstreams: dict[str, Limits] = Field(default_factory=dict)
+    #: Output tokens reserved when a request sets no max_tokens / max_completion_tokens / max_output_tokens.
+    default_max_tokens: proxy.NonNegativeInt = 1024

@@ -1,0 +1,56 @@
+"""Retry, fallback and circuit breakers: the ``retry`` plugin.
+
+Implements ``proxy_next_attempt``: walk the route's targets in order; retry a
+target on transient failures (429, 500, 502, 503, 504, connection errors,
+invalid bodies and, if ``retry_on_timeout``, timeouts) with exponential backoff
+and full jitter, honouring the upstream's ``Retry-After`` up to
+``max_retry_after_s`` (a longer one moves on to the next target at once); then
+fall back to the route's next target. A timeout moves on at once by default.
+Other 4xx statuses stop at once: the core relays them to the client. Other 5xx
+move on without a retry.
+
+One deadline per request (``deadline_s``, counted from the first attempt; time
+spent in admission queues is bounded by those plugins) bounds every attempt and
+every wait: no delay ends past it, and each attempt's timeouts are capped at the
+time left.
+
+Each target (catalogue model) has a circuit breaker. It opens after
+``breaker.failures`` consecutive failures, or when the failure ratio over a
+rolling window reaches ``breaker.failure_ratio`` (with at least
+``breaker.min_requests`` outcomes in the window). While open the target is
+skipped; the first request after ``breaker.cooldown_s`` half-opens it and is its
+one probe (concurrent requests keep skipping it); the probe's success closes it,
+its failure re-opens it for another cooldown. When every target of a route is
+open the request gets 503 ``upstream_unavailable`` with ``retry-after``.
+
+Only outcomes that say something about the target's health count: 5xx,
+timeouts, connection errors, invalid bodies and — by default
+(``breaker.trip_on_429``) — 429, because a target that keeps rate-limiting the
+gateway is unusable for its traffic until it recovers, which is what the breaker
+models. Any other 4xx is the request's fault and counts as a success (the target
+answered). A timeout of an attempt the deadline left with less than half the
+usual time counts for nothing.
+
+Streams: the core asks for another attempt only before the first byte reached
+the client, so a stream that broke mid-way is never retried.
+
+Parts:
+
+* :mod:`.settings` — the ``plugins.retry`` block;
+* :mod:`.breaker` — :class:`~.breaker.Breaker`, the circuit breaker of one target;
+* :mod:`.plugin` — :class:`RetryPlugin`: the attempt policy, the deadline and
+  the breakers' bookkeeping.
+"""
+
+import proxy
+
+from .plugin import RetryPlugin
+from .settings import BreakerSettings, ModelOverrides, RetrySettings
+
+__all__ = ["BreakerSettings", "ModelOverrides", "RetryPlugin", "RetrySettings", "floodgate_plugin"]
+__version__ = proxy.__version__  # a built-in: versioned with Floodgate
+
+# /-/plugins reports the module that defines the plugin class: name the package
+# the loader registers (plugins.retry), as when the plugin was a single module.
+RetryPlugin.__module__ = __name__
+floodgate_plugin = RetryPlugin
