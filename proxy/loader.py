@@ -130,7 +130,7 @@ def build_plugin_manager(
 
     blocked_seen: set[str] = set()
 
-    def register(obj: Any, name: str, source: str) -> None:
+    def register(obj: Any, name: str, source: str, module: str | None = None) -> None:
         if pm.is_blocked(name):
             blocked_seen.add(name)
             return
@@ -138,7 +138,9 @@ def build_plugin_manager(
             errors.append(ConfigError("plugins", f"two plugins are named {name!r} ({source})"))
             return
         pm.register(obj, name=name)
-        module = getattr(inspect.getmodule(obj) or obj, "__name__", "?")
+        # The module a reference named (``plugins.auth``), not the file inside a package
+        # that happens to define the class (``plugins.auth.plugin``).
+        module = module or getattr(inspect.getmodule(obj) or obj, "__name__", "?")
         hooks = tuple(sorted(h.name for h in pm.get_hookcallers(obj) or ()))
         infos.append(PluginInfo(name, source, module, _version(obj, distributions), hooks))
 
@@ -154,7 +156,7 @@ def build_plugin_manager(
         except Exception as exc:  # ImportError, AttributeError, errors in the plugin's module
             errors.append(ConfigError(path, f"cannot load plugin {ref!r}: {type(exc).__name__}: {exc}"))
             continue
-        register(obj, plugin_name(obj, ref), source)
+        register(obj, plugin_name(obj, ref), source, ref.partition(":")[0])
     for obj in extra:
         register(obj, plugin_name(obj, getattr(type(obj), "__module__", "extra")), "extra")
     for i, name in enumerate(disabled):

@@ -52,7 +52,4 @@ from .settings import AuthSettings
 
 __all__ = ["AuthPlugin", "AuthSettings", "floodgate_plugin"]
 
-# /-/plugins reports the module that defines the plugin class: name the package
-# the loader registers (plugins.auth), as when the plugin was a single module.
-AuthPlugin.__module__ = __name__
 floodgate_plugin = AuthPlugin

@@ -46,7 +46,4 @@ from .settings import Limits, QueueSettings, RateLimitSettings
 __all__ = ["Limits", "QueueSettings", "RateLimitPlugin", "RateLimitSettings", "floodgate_plugin", "format_duration"]
 __version__ = proxy.__version__  # a built-in: versioned with Floodgate
 
-# /-/plugins reports the module that defines the plugin class: name the package
-# the loader registers (plugins.ratelimit), as when the plugin was a single module.
-RateLimitPlugin.__module__ = __name__
 floodgate_plugin = RateLimitPlugin
