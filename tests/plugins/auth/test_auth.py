@@ -185,7 +185,8 @@ async def test_admin_key_and_admin_endpoints(floodgate):
     status, body = await get("/-/plugins", ADMIN_KEY)
     assert status == 200
     auth = next(p for p in body["plugins"] if p["name"] == "auth")
-    assert auth["module"] == "plugins.auth.plugin" and "proxy_authenticate" in auth["hooks"]  # an object: its class's module
+    # A plugin object reports its class's module.
+    assert auth["module"] == "plugins.auth.plugin" and "proxy_authenticate" in auth["hooks"]
     status, body = await get("/-/plugins", SHOP_KEY)
     assert status == 200 and all(set(p) == {"name"} for p in body["plugins"])
     assert {"auth", "probe"} <= {p["name"] for p in body["plugins"]}
