@@ -140,7 +140,7 @@ def build_plugin_manager(
         pm.register(obj, name=name)
         # The module a reference named (``plugins.auth``), not the file inside a package
         # that happens to define the class (``plugins.auth.plugin``).
-        module = module or getattr(inspect.getmodule(obj) or obj, "__name__", "?")
+        module = module or str(getattr(inspect.getmodule(obj) or obj, "__name__", "?"))
         hooks = tuple(sorted(h.name for h in pm.get_hookcallers(obj) or ()))
         infos.append(PluginInfo(name, source, module, _version(obj, distributions), hooks))
 

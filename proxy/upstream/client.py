@@ -85,6 +85,7 @@ class Upstreams:
         The caller reads (and releases) the body. Raises :class:`UpstreamError`.
         """
         session = self._sessions[upstream]
+        url: URL | None
         if query is not None:  # passthrough: any path under the base, with the client's query
             url = upstream_url(self._base_urls[upstream], path, query)
         else:  # a model endpoint: a handful of URLs, built once
