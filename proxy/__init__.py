@@ -4,25 +4,20 @@ This module is the public API, the one the built-in plugins use and the only one
 a third-party plugin needs.
 """
 
+from . import hookspecs
 from .admin import authenticate, require_admin
 from .app import create_app
 from .cli import add_config_option
-from .config import (
-    Config,
-    NonEmptyStr,
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
-    Price,
-    Settings,
-    load_config,
-    parse_config,
-)
-from .errors import ConfigError, ConfigErrors, Rejection
+from .clock import Clock, LoopClock, ManualClock
+from .config import Config, Price, load_config, parse_config
+from .errors import ConfigError, ConfigErrors, Rejection, shorten
+from .hooks import Hooks
 from .hookspecs import hookimpl
 from .keys import CONFIG, HOOKS, REGISTRY, UPSTREAMS
 from .metrics import LabelCache
+from .policy import UNRESTRICTED, Budget, KeyPolicy, RateLimits
+from .settings import NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Settings
+from .text import content_text, last_user_text
 from .tokens import estimate_prompt_tokens, estimate_text_tokens
 from .types import (
     ANONYMOUS,
@@ -45,10 +40,12 @@ from .types import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "ANONYMOUS", "STOP", "NonEmptyStr", "NonNegativeFloat", "NonNegativeInt", "PositiveFloat", "PositiveInt",
-    "add_config_option", "Attempt", "AttemptRecord", "CONFIG", "EndpointKind", "Config", "ConfigError", "ConfigErrors",
-    "HOOKS", "LabelCache", "Price", "Principal", "REGISTRY", "Rejection", "Reply", "RequestContext", "Route",
-    "Settings", "Stop", "StreamChunk", "Target", "Timings", "UPSTREAMS", "UpstreamResponse", "Usage",
-    "authenticate", "create_app", "estimate_prompt_tokens", "estimate_text_tokens", "hookimpl", "load_config",
-    "parse_config", "require_admin",
+    "ANONYMOUS", "CONFIG", "HOOKS", "REGISTRY", "STOP", "UNRESTRICTED", "UPSTREAMS",
+    "Attempt", "AttemptRecord", "Budget", "Clock", "Config", "ConfigError", "ConfigErrors", "EndpointKind",
+    "Hooks", "KeyPolicy", "LabelCache", "LoopClock", "ManualClock", "NonEmptyStr", "NonNegativeFloat",
+    "NonNegativeInt", "PositiveFloat", "PositiveInt", "Price", "Principal", "RateLimits", "Rejection", "Reply",
+    "RequestContext", "Route", "Settings", "Stop", "StreamChunk", "Target", "Timings", "UpstreamResponse", "Usage",
+    "add_config_option", "authenticate", "content_text", "create_app", "estimate_prompt_tokens",
+    "estimate_text_tokens", "hookimpl", "hookspecs", "last_user_text", "load_config", "parse_config",
+    "require_admin", "shorten",
 ]

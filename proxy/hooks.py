@@ -173,6 +173,9 @@ class Hooks:
         result = await self._first("proxy_authenticate", {"ctx": ctx})
         return self._checked("proxy_authenticate", result, Principal)
 
+    async def authorize(self, ctx: RequestContext) -> None:
+        await self._all("proxy_authorize", {"ctx": ctx})
+
     async def short_circuit(self, ctx: RequestContext) -> Reply | None:
         result = await self._first("proxy_short_circuit", {"ctx": ctx})
         return self._checked("proxy_short_circuit", result, Reply)

@@ -159,12 +159,25 @@ def proxy_shutdown(app: web.Application) -> None:
 
 @spec(Mode.FIRST, may_be_async=True)
 def proxy_authenticate(ctx: RequestContext) -> Principal | None:
-    """Identify the caller. Stops at the first non-``None`` result.
+    """Identify the caller from the request's headers. Stops at the first non-``None`` result.
 
-    Runs for every request, including admin endpoints (``ctx.endpoint`` starts
-    with ``"-/"``). Return a :class:`proxy.Principal`, ``None`` to let the next
-    implementation decide, or raise :class:`proxy.Rejection` (401/403) to refuse.
-    The core's ``trylast`` default returns the anonymous principal. May be async.
+    Runs for every request — model calls, passthrough, the model list and admin
+    endpoints (``ctx.kind``) — *before the body is read*: a caller without a valid
+    key costs the gateway no body. Return a :class:`proxy.Principal` (its
+    ``policy`` says what the caller may do), ``None`` to let the next
+    implementation decide, or raise :class:`proxy.Rejection` (401) to refuse. The
+    core's ``trylast`` default returns the anonymous principal. May be async.
+    """
+
+
+@spec(Mode.ALL, may_be_async=True)
+def proxy_authorize(ctx: RequestContext) -> None:
+    """Decide whether the authenticated caller may make this request. All implementations run.
+
+    Runs for model calls and passthrough requests once the body is parsed
+    (``ctx.model`` is known; for a passthrough body that is not JSON it is
+    ``None``), before any short-circuit, routing or admission. Raise
+    :class:`proxy.Rejection` (403) to refuse. May be async.
     """
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .hookspecs import hookimpl
-from .types import RequestContext
+from .types import EndpointKind, RequestContext
 
 # Proxy overhead is sub-millisecond when healthy: fine buckets at the low end.
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
@@ -78,7 +78,8 @@ class CoreMetrics:
     def proxy_finished(self, ctx: RequestContext) -> None:
         target = ctx.target
         model = target.model if target else (ctx.model if ctx.model and ctx.config.resolve(ctx.model) else "-")
-        endpoint = ctx.endpoint if not ctx.endpoint.startswith("passthrough") else "passthrough"
+        # Bounded label values: passthrough paths and admin endpoints are counted by kind.
+        endpoint = ctx.endpoint if ctx.kind is EndpointKind.MODEL else ctx.kind.value
         self.requests(endpoint, model, str(ctx.status)).inc()
         self.duration(endpoint).observe(ctx.timings.total)
         self.overhead(endpoint).observe(ctx.timings.overhead)

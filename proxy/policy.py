@@ -16,7 +16,7 @@ from functools import cached_property
 
 from pydantic import ConfigDict, Field
 
-from .config.schema import NonEmptyStr, NonNegativeFloat, PositiveFloat, PositiveInt, Settings
+from .settings import NonEmptyStr, NonNegativeFloat, PositiveFloat, PositiveInt, Settings
 
 
 class RateLimits(Settings):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from .policy import UNRESTRICTED, KeyPolicy
 from .text import last_user_text
 
 if TYPE_CHECKING:
@@ -39,13 +40,21 @@ class EndpointKind(enum.Enum):
 class Principal:
     """Who is calling. ``name`` is safe to log and to use as a metric label.
 
-    ``settings`` carries per-caller settings other plugins read (rate limits,
-    budget, priority); its keys belong to the plugins that use them.
+    :param policy: what this caller may do (models, passthrough endpoints, priority,
+        limits, budget, tier forcing): one typed value every stage reads.
+    :param admin: may use the admin endpoints (``/-/...``).
+    :param attributes: free-form data for your own plugins (e.g. a tenant id from a
+        JWT); the built-ins read only ``policy``.
     """
 
     name: str
-    settings: Mapping[str, Any] = field(default_factory=dict)
+    policy: KeyPolicy = UNRESTRICTED
     admin: bool = False
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.policy, KeyPolicy):  # caught where the principal is built
+            raise TypeError(f"Principal.policy must be a proxy.KeyPolicy, not {type(self.policy).__name__}")
 
 
 #: The caller when no plugin authenticates.
@@ -211,7 +220,8 @@ class RequestContext:
     """Everything about one request, passed to every per-request hook.
 
     :param endpoint: the OpenAI endpoint without ``/v1``, e.g. ``"chat/completions"``;
-        ``"models"``, or the passthrough path for other ``/v1/*`` paths.
+        ``"models"``; for passthrough (``kind``) the path relayed (``"files/file-abc"``);
+        for admin endpoints the path (``"-/usage"``).
     :param body: the parsed JSON body (``{}`` for bodiless requests). Plugins that
         need a different upstream body change the target's ``overrides``, not this.
     :param raw: the body bytes exactly as received.
@@ -246,6 +256,8 @@ class RequestContext:
     state: dict[str, Any] = field(default_factory=dict)
     kind: EndpointKind = EndpointKind.MODEL
     preview: bool = False
+    request_bytes: int = 0  # body bytes received from the client
+    response_bytes: int = 0  # body bytes sent to the client (passthrough: as relayed)
     _user_text: str | None = field(default=None, repr=False)
 
     @property

@@ -122,6 +122,10 @@ class Recorder:
         self.calls.append("authenticate")
 
     @hookimpl
+    def proxy_authorize(self, ctx):
+        self.calls.append(f"authorize:{ctx.model}")
+
+    @hookimpl
     async def proxy_short_circuit(self, ctx):
         await asyncio.sleep(0)
         self.calls.append("short_circuit")
@@ -153,8 +157,8 @@ async def test_request_runs_hooks_in_stage_order(floodgate):
     gw = await floodgate(plugins=[recorder])
     await gw.openai().chat.completions.create(model="gpt-4.1", messages=MESSAGES)
     # After a success the core does not ask for another attempt.
-    assert recorder.calls == ["authenticate", "short_circuit", "route", "admit", "next_attempt:0",
-                              "response", "finished"]
+    assert recorder.calls == ["authenticate", "authorize:gpt-4.1", "short_circuit", "route", "admit",
+                              "next_attempt:0", "response", "finished"]
 
 
 # -- lifecycle hooks ----------------------------------------------------------
@@ -340,7 +344,7 @@ class KeyAuth:
     def proxy_authenticate(self, ctx):
         auth = ctx.headers.get("Authorization", "")
         if auth == "Bearer good":
-            return Principal("shop-bot", settings={"priority": 1})
+            return Principal("shop-bot", policy=proxy.KeyPolicy(priority=1))
         if auth == "Bearer admin":
             return Principal("admin", admin=True)
         raise Rejection(401, "Incorrect API key provided.", code="invalid_api_key", should_retry=False)
@@ -382,6 +386,37 @@ async def test_auth_failing_with_a_bug_fails_closed(floodgate, mock_upstream):
         await gw.openai().chat.completions.create(model="gpt-4.1", messages=MESSAGES)
     assert "boom" not in info.value.message and "Traceback" not in info.value.message
     assert mock_upstream.stats.total == 0
+
+
+async def test_hook_proxy_authorize(floodgate):
+    seen: list[tuple[str, str, str | None]] = []
+
+    class OnlyCheapModels:
+        name = "only-cheap"
+
+        @hookimpl
+        def proxy_authenticate(self, ctx):
+            # Runs before the body is read: the model is not known yet.
+            seen.append(("authenticate", ctx.kind.value, ctx.model))
+
+        @hookimpl
+        async def proxy_authorize(self, ctx):
+            seen.append(("authorize", ctx.kind.value, ctx.model))
+            if ctx.model == "gpt-4.1":
+                raise Rejection(403, "too expensive for this caller", code="model_not_allowed", param="model")
+
+    gw = await floodgate(plugins=[OnlyCheapModels()])
+    client = gw.openai()
+    with pytest.raises(openai.PermissionDeniedError):
+        await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    await client.chat.completions.create(model="deepseek-v3.2", messages=MESSAGES)
+    # Passthrough is authorised too (a JSON body's model is read for it).
+    response = await gw.client.post("/v1/images/generations", json={"model": "gpt-4.1", "prompt": "a cat"})
+    assert response.status == 403
+    assert seen == [("authenticate", "model", None), ("authorize", "model", "gpt-4.1"),
+                    ("authenticate", "model", None), ("authorize", "model", "deepseek-v3.2"),
+                    ("authenticate", "passthrough", None), ("authorize", "passthrough", "gpt-4.1")]
+    assert gw.mock.stats.total == 1
 
 
 async def test_hook_proxy_short_circuit(floodgate, mock_upstream, openai_schema):

@@ -30,20 +30,30 @@ anonymous caller) into admin endpoints.
 
 ``floodgate key new --name NAME`` prints a fresh key and its config entry.
 
+Each key's settings become its :class:`proxy.KeyPolicy` (``Principal.policy``),
+the one typed value the limiter, the budget check and the router read.
+
+The key is checked from the headers (``proxy_authenticate``), before the body is
+read; what the key may do is checked once the body is parsed
+(``proxy_authorize``):
+
+* ``models``: the model the client asks for must match (names or globs);
+* ``endpoints``: the passthrough endpoints (first path segment under ``/v1``:
+  ``files``, ``batches``, ``responses``, ...; ``"*"`` for all) the key may reach.
+  Without ``endpoints``, a key with no ``models`` list may reach every
+  passthrough endpoint, and a key with a ``models`` list only those whose JSON
+  body names an allowed model (its limit must not be escaped through a body the
+  gateway cannot read, such as a multipart upload).
+
 Metric: ``floodgate_auth_requests_total{key, outcome}``: ``key`` is the key's
 name (``-`` when unknown or missing), ``outcome`` one of ``ok``, ``missing``,
-``invalid``, ``forbidden_model``.
-
-The ``models`` list is also checked on passthrough endpoints (other ``/v1/*``
-paths, whose bodies the core does not parse): a JSON body's ``model`` must be
-allowed, and a body that is not JSON (e.g. a multipart upload) is refused for a
-key with a list, since its model cannot be checked.
+``invalid``, ``forbidden_model``, ``forbidden_endpoint``.
 
 Parts:
 
 * :mod:`.settings` — the ``plugins.auth`` block, key names and digests;
-* :mod:`.plugin` — :class:`AuthPlugin`: keys compiled for the hot path and
-  the ``proxy_authenticate`` hook;
+* :mod:`.plugin` — :class:`AuthPlugin`: keys compiled for the hot path, the
+  ``proxy_authenticate`` and ``proxy_authorize`` hooks;
 * :mod:`.cli` — ``floodgate key new``.
 """
 

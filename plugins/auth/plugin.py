@@ -3,68 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import hmac
 import logging
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import orjson
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import SecretStr
 
 import proxy
 
 from .cli import add_key_command
-from .settings import AuthSettings, KeySettings, sha256_digest
+from .settings import AuthSettings, sha256_digest
 
 __all__ = ["AuthPlugin"]
 
 log = logging.getLogger("floodgate.auth")
 
 
-def _model_matcher(patterns: list[str]) -> Callable[[str], bool]:
-    """A predicate for "this model is allowed": exact names by set lookup, globs by one regex."""
-    exact = frozenset(p for p in patterns if not any(c in p for c in "*?["))
-    globs = [p for p in patterns if p not in exact]
-    if not globs:
-        return exact.__contains__
-    rx = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs))
-    match = rx.match
-    return lambda model: model in exact or match(model) is not None
-
-
 class _Key:
-    """A configured key, precomputed: its digest, principal and model predicate."""
+    """A configured key, precomputed: its digest and principal."""
 
-    __slots__ = ("allowed", "digest", "principal")
+    __slots__ = ("digest", "principal")
 
-    def __init__(self, digest: bytes, principal: proxy.Principal,
-                 allowed: Callable[[str], bool] | None) -> None:
+    def __init__(self, digest: bytes, principal: proxy.Principal) -> None:
         self.digest = digest
         self.principal = principal
-        self.allowed = allowed
-
-
-def _principal_settings(entry: KeySettings) -> dict[str, Any]:
-    """The per-key overrides other plugins read (``Principal.settings``); only the ones set.
-
-    Keys: ``models`` (tuple), ``priority`` (int), ``rate_limit`` and ``budget`` (dicts of the
-    fields set), ``force_tier`` (bool). Built once per key; readers treat it as read-only.
-    """
-    settings: dict[str, Any] = {}
-    if entry.models is not None:
-        settings["models"] = tuple(entry.models)
-    if entry.priority is not None:
-        settings["priority"] = entry.priority
-    if entry.rate_limit is not None:
-        settings["rate_limit"] = entry.rate_limit.model_dump(exclude_none=True)
-    if entry.budget is not None:
-        settings["budget"] = entry.budget.model_dump(exclude_none=True)
-    if entry.force_tier is not None:
-        settings["force_tier"] = entry.force_tier
-    return settings
 
 
 class AuthPlugin:
@@ -123,14 +87,12 @@ class AuthPlugin:
             digest = digest_of(entry.key, entry.sha256, path, "key", "sha256")
             if digest is None:
                 continue
-            principal = proxy.Principal(name=entry.name, settings=_principal_settings(entry), admin=False)
-            allowed = _model_matcher(entry.models) if entry.models is not None else None
-            keys[digest] = _Key(digest, principal, allowed)
+            keys[digest] = _Key(digest, proxy.Principal(name=entry.name, policy=entry.policy()))
         if errors:
             raise proxy.ConfigErrors(errors)
 
         if admin_digest is not None:
-            keys[admin_digest] = _Key(admin_digest, proxy.Principal(name="admin", admin=True), None)
+            keys[admin_digest] = _Key(admin_digest, proxy.Principal(name="admin", admin=True))
         self.keys = keys
         self.enabled = bool(keys)
         self.open_api = not settings.keys
@@ -141,10 +103,10 @@ class AuthPlugin:
     # -- per request ----------------------------------------------------------
     @proxy.hookimpl
     def proxy_authenticate(self, ctx: proxy.RequestContext) -> proxy.Principal | None:
+        """Who is calling, from the headers alone (the body is not read yet)."""
         if not self.enabled:
             return None
-        is_admin_endpoint = ctx.endpoint.startswith("-/")
-        if self.open_api and not is_admin_endpoint:
+        if self.open_api and ctx.kind is not proxy.EndpointKind.ADMIN:
             return None
         secret = _presented_key(ctx.headers)
         if not secret:
@@ -162,20 +124,35 @@ class AuthPlugin:
             log.debug("request %s: unknown API key", ctx.request_id)
             raise proxy.Rejection(401, "Incorrect API key provided. Check the key this client is configured "
                                   "with.", code="invalid_api_key", headers=_CHALLENGE, should_retry=False)
-        principal = entry.principal
-        if entry.allowed is not None:
-            model = ctx.model
-            if model is None and ctx.endpoint.startswith("passthrough:") and ctx.raw:
-                model = _passthrough_model(ctx.raw)
-            if model is not None and not entry.allowed(model):
+        self.requests(entry.principal.name, "ok").inc()
+        return entry.principal
+
+    @proxy.hookimpl
+    def proxy_authorize(self, ctx: proxy.RequestContext) -> None:
+        """The key's model list and passthrough grant (see the module docstring)."""
+        principal = ctx.principal
+        policy = principal.policy
+        if ctx.kind is proxy.EndpointKind.PASSTHROUGH:
+            endpoint = ctx.endpoint.partition("/")[0]
+            if policy.endpoints is not None:
+                if not policy.allows_endpoint(endpoint, None):
+                    self.requests(principal.name, "forbidden_endpoint").inc()
+                    raise proxy.Rejection(
+                        403, f"The API key {principal.name!r} may not use the /v1/{proxy.shorten(endpoint, 64)} "
+                        "endpoints.", code="endpoint_not_allowed", param="path", should_retry=False)
+            elif policy.models is not None and ctx.model is None:
+                # Limited to some models, and this body names none the gateway can check.
                 self.requests(principal.name, "forbidden_model").inc()
                 raise proxy.Rejection(
-                    403, f"The API key {principal.name!r} is not allowed to use the model `{model[:200]}`."
-                    if model else f"The API key {principal.name!r} is limited to some models and this "
-                    "request's model cannot be checked (only JSON bodies can).",
+                    403, f"The API key {principal.name!r} is limited to some models and this request's model "
+                    "cannot be checked (grant the endpoint with keys[].endpoints to allow it).",
                     code="model_not_allowed", param="model", should_retry=False)
-        self.requests(principal.name, "ok").inc()
-        return principal
+        model = ctx.model
+        if model is not None and not policy.allows_model(model):
+            self.requests(principal.name, "forbidden_model").inc()
+            raise proxy.Rejection(
+                403, f"The API key {principal.name!r} is not allowed to use the model `{proxy.shorten(model)}`.",
+                code="model_not_allowed", param="model", should_retry=False)
 
     # -- command line ---------------------------------------------------------
     @proxy.hookimpl
@@ -196,18 +173,3 @@ def _presented_key(headers: Mapping[str, str]) -> str | None:
         return None
     value = headers.get("api-key")
     return value.strip() if value else None
-
-
-def _passthrough_model(raw: bytes) -> str | None:
-    """The ``model`` of a passthrough body; ``""`` (never allowed) when it cannot be read.
-
-    The core does not parse other ``/v1/*`` bodies, so a key limited to some models
-    would otherwise reach any model through them. Fail closed: a body that is not
-    JSON (e.g. a multipart audio upload) cannot be checked.
-    """
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return ""
-    model = body.get("model") if isinstance(body, dict) else None
-    return model if isinstance(model, str) or model is None else ""

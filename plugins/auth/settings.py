@@ -10,8 +10,8 @@ from pydantic import Field, SecretStr, field_validator
 
 import proxy
 
-__all__ = ["MIN_KEY_LENGTH", "NAME_RE", "NAME_RULE", "RESERVED_NAMES", "AuthSettings", "BudgetOverride",
-           "KeySettings", "RateLimitOverride", "sha256_digest"]
+__all__ = ["MIN_KEY_LENGTH", "NAME_RE", "NAME_RULE", "RESERVED_NAMES", "AuthSettings", "KeySettings",
+           "sha256_digest"]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$")
 NAME_RULE = "must be 1-64 characters: letters, digits and . _ : @ - (starting with a letter or digit)"
@@ -41,22 +41,6 @@ def _digest_hex(value: Any) -> Any:
     return value.lower()
 
 
-class RateLimitOverride(proxy.Settings):
-    """Per-key limits; each overrides the ratelimit plugin's per-key default."""
-
-    requests_per_second: proxy.PositiveFloat | None = None
-    burst: proxy.PositiveInt | None = None
-    tokens_per_minute: proxy.PositiveInt | None = None
-    max_concurrent: proxy.PositiveInt | None = None
-
-
-class BudgetOverride(proxy.Settings):
-    """Per-key spending caps in US dollars (enforced by the cost plugin)."""
-
-    daily_usd: proxy.NonNegativeFloat | None = None
-    monthly_usd: proxy.NonNegativeFloat | None = None
-
-
 class KeySettings(proxy.Settings):
     """One client key: exactly one of ``key`` or ``sha256``."""
 
@@ -64,10 +48,18 @@ class KeySettings(proxy.Settings):
     key: SecretStr | None = None
     sha256: str | None = None
     models: list[proxy.NonEmptyStr] | None = None
-    priority: int | None = None
-    rate_limit: RateLimitOverride | None = None
-    budget: BudgetOverride | None = None
-    force_tier: bool | None = None
+    endpoints: list[proxy.NonEmptyStr] | None = None
+    priority: int = 0
+    rate_limit: proxy.RateLimits | None = None
+    budget: proxy.Budget | None = None
+    force_tier: bool = False
+
+    def policy(self) -> proxy.KeyPolicy:
+        """This key's :class:`proxy.KeyPolicy`, the value every other plugin reads."""
+        return proxy.KeyPolicy(
+            models=tuple(self.models) if self.models is not None else None,
+            endpoints=tuple(self.endpoints) if self.endpoints is not None else None,
+            priority=self.priority, rate_limit=self.rate_limit, budget=self.budget, force_tier=self.force_tier)
 
     @field_validator("name", mode="before")
     @classmethod

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -18,26 +17,11 @@ from .ledger import Ledger, Row
 from .report import GROUPS, parse_since, periods
 from .settings import CostSettings, ledger_path
 
-__all__ = ["CostPlugin", "InvalidBudget"]
+__all__ = ["CostPlugin"]
 
 log = logging.getLogger("floodgate.cost")
 
 _ADJECTIVE = {"day": "daily", "month": "monthly"}
-
-
-class InvalidBudget(ValueError):
-    """A principal's ``budget`` setting is not a mapping of numbers."""
-
-
-def _limit(budget: Mapping[str, Any], name: str, default: float | None) -> float | None:
-    if name not in budget:
-        return default
-    value = budget[name]
-    if value is None:
-        return None  # explicitly unlimited for this key, whatever the default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidBudget(f"budget.{name} must be a number")
-    return float(value)
 
 
 class CostPlugin:
@@ -116,12 +100,7 @@ class CostPlugin:
     @proxy.hookimpl(tryfirst=True)  # refuse before waiting in a rate-limit queue
     def proxy_admit(self, ctx: proxy.RequestContext) -> None:
         principal = ctx.principal
-        try:
-            daily, monthly = self._limits(principal.settings)
-        except InvalidBudget as exc:
-            log.error("key %r: %s; refusing its requests", principal.name, exc)
-            raise proxy.Rejection(500, "the budget configured for this key is invalid",
-                                  code="invalid_budget", type="server_error", should_retry=False) from None
+        daily, monthly = self._limits(principal.policy)
         if daily is None and monthly is None:
             return
         now = time.time()
@@ -161,7 +140,7 @@ class CostPlugin:
         if cost:
             self._spent_day[key] = self._spent_day.get(key, 0.0) + cost
             self._spent_month[key] = self._spent_month.get(key, 0.0) + cost
-        self._update_gauges(key, ctx.principal.settings)
+        self._update_gauges(key, ctx.principal.policy)
         if self.ledger is not None:
             route = ctx.route
             reply = ctx.reply
@@ -181,14 +160,12 @@ class CostPlugin:
         price = self._prices.get(target.model)
         return price.cost(ctx.usage) if price is not None else 0.0
 
-    def _limits(self, settings: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    def _limits(self, policy: proxy.KeyPolicy) -> tuple[float | None, float | None]:
         """(daily, monthly) budget of a key: its own values, else the plugin's default."""
-        budget = settings.get("budget")
+        budget = policy.budget
         if budget is None:
             return self._default
-        if not isinstance(budget, Mapping):
-            raise InvalidBudget("budget must be a mapping")
-        return _limit(budget, "daily_usd", self._default[0]), _limit(budget, "monthly_usd", self._default[1])
+        return budget.limit("daily_usd", self._default[0]), budget.limit("monthly_usd", self._default[1])
 
     def _refuse(self, key: str, period: str, budget: float, reset: float) -> None:
         self._rejected(key, period).inc()
@@ -207,11 +184,8 @@ class CostPlugin:
                 tokens.labels(model, key, "cached"), self._usd.labels(model, key))
         return children
 
-    def _update_gauges(self, key: str, settings: Mapping[str, Any]) -> None:
-        try:
-            limits = self._limits(settings)
-        except InvalidBudget:
-            return
+    def _update_gauges(self, key: str, policy: proxy.KeyPolicy) -> None:
+        limits = self._limits(policy)
         if limits == (None, None):
             return
         self._budgets[key] = limits

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
-from pydantic import ValidationError
 
 import proxy
 
@@ -150,7 +149,7 @@ class RateLimitPlugin:
         Synchronous unless the request must wait: then it returns the waiting
         coroutine (the core awaits what is awaitable).
         """
-        if not self._configured and "rate_limit" not in ctx.principal.settings:
+        if not self._configured and ctx.principal.policy.rate_limit is None:
             return None
         plan = self._plan(ctx)
         if plan is None:
@@ -203,19 +202,14 @@ class RateLimitPlugin:
         return max(1, prompt + (min(caps) if caps else self.settings.default_max_tokens))
 
     def _key_specs(self, principal: proxy.Principal) -> tuple[Spec, ...]:
-        overrides = principal.settings.get("rate_limit")
+        overrides = principal.policy.rate_limit
         cached = self._key_cache.get(principal.name)
-        if cached is not None and (cached[0] is overrides or cached[0] == overrides):
+        if cached is not None and cached[0] is overrides:
             return cached[1]
         limits = dict(self._per_key)
-        if overrides is not None:
-            if not isinstance(overrides, Mapping):  # fail closed: a broken key setting refuses
-                raise _bad_key_settings(principal.name, "not a mapping")
-            limits.update((k, v) for k, v in overrides.items() if v is not None)
-        try:
-            validated = Limits.model_validate(limits) if limits else None
-        except ValidationError as exc:
-            raise _bad_key_settings(principal.name, str(exc.errors()[0].get("msg"))) from None
+        if overrides is not None:  # a typed value (proxy.RateLimits): validated where it was built
+            limits.update((k, v) for k, v in overrides.model_dump(exclude_none=True).items())
+        validated = Limits.model_validate(limits) if limits else None
         specs = _specs("key", principal.name, f"key '{principal.name}'", validated)
         if len(self._key_cache) >= _KEY_CACHE_SIZE:
             self._key_cache.clear()
@@ -298,9 +292,3 @@ class RateLimitPlugin:
             429, f"Request too large for {spec.what} on tokens per min (TPM): limit {spec.burst:g}, requested "
             f"{reserved} (estimated prompt + max output tokens). Reduce the prompt or max_tokens.",
             code="rate_limit_exceeded", type="tokens", should_retry=False)
-
-
-def _bad_key_settings(name: str, detail: str) -> proxy.Rejection:
-    log.error("key %r has invalid rate_limit settings: %s", name, detail)
-    return proxy.Rejection(500, f"the rate_limit settings of key '{name}' are invalid", code="internal_error",
-                           type="server_error")

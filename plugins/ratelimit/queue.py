@@ -118,9 +118,7 @@ class AdmissionQueue:
         queue = self._waiters
         if len(queue) >= self.max_length:
             raise self._reject(blocker, QUEUE_FULL, self.store.peek(plan.claims, now).wait)
-        priority = ctx.principal.settings.get("priority", 0)
-        if not isinstance(priority, (int, float)) or isinstance(priority, bool):
-            priority = 0
+        priority = ctx.principal.policy.priority
         assert self._loop is not None
         waiter = _Waiter((-priority, next(self._seq)), ctx, plan, self._loop.create_future(), now,
                          now + self.max_wait, blocker)

@@ -157,7 +157,7 @@ class RouterPlugin:
     def _forced_tier(self, ctx: proxy.RequestContext, tier: str) -> str:
         # Refused rather than ignored: a client that asks to force a tier must
         # learn that it did not happen. Only keys granted force_tier may.
-        if not ctx.principal.settings.get("force_tier"):
+        if not ctx.principal.policy.force_tier:
             raise proxy.Rejection(403, f"this key may not choose a tier with the {TIER_HEADER} header",
                                   code="tier_forcing_not_allowed", param=TIER_HEADER, should_retry=False)
         tier = tier.strip()

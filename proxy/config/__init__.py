@@ -7,6 +7,7 @@
 - ``loading``: :func:`load_config`, :func:`parse_config`, :func:`config_from_dict`.
 """
 
+from ..settings import NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Settings
 from .catalogue import Config
 from .loading import config_from_dict, load_config, parse_config
 from .schema import (
@@ -15,14 +16,8 @@ from .schema import (
     AttemptTimeouts,
     CoreSettings,
     ModelSettings,
-    NonEmptyStr,
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
     Price,
     ServerSettings,
-    Settings,
     TimeoutOverrides,
     Timeouts,
     UpstreamSettings,

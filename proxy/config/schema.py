@@ -7,30 +7,17 @@ misspelled key is an error naming its path and line, never silently ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator
 
+from ..settings import NonNegativeFloat, PositiveFloat, PositiveInt, Settings
 from ..types import Usage
 
 #: ``upstreams.<name>.base_url`` prefix of upstreams a plugin starts in-process
 #: (``builtin:mock``: the mock upstream tool, through ``proxy_builtin_upstream``).
 BUILTIN_SCHEME = "builtin:"
 MOCK_BASE_URL = "builtin:mock"
-
-# Setting types shared by the core and every plugin (exported by ``proxy``).
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
-NonEmptyStr = Annotated[str, Field(min_length=1)]
-
-
-class Settings(BaseModel):
-    """Base for every config section, core or plugin: strict, immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
 
 class ClientTimeouts(Settings):
     """Seconds a client may take; slow and idle clients cost a file descriptor each."""

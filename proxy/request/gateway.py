@@ -20,7 +20,7 @@ from aiohttp import web
 from ..config import Config
 from ..errors import Rejection, error_response
 from ..hooks import Hooks
-from ..hookspecs import proxy_admit, proxy_short_circuit
+from ..hookspecs import proxy_admit, proxy_authorize, proxy_short_circuit
 from ..keys import SERVED
 from ..metrics import CoreMetrics
 from ..paths import check_headers, checked_path, passthrough_tail
@@ -70,6 +70,7 @@ class Gateway:
         # Decided once: hooks nobody implements cost nothing per request.
         self._short_circuit = hooks.implemented(proxy_short_circuit)
         self._admit = hooks.implemented(proxy_admit)
+        self._authorize = hooks.implemented(proxy_authorize)
 
     # -- entry points -------------------------------------------------------
     def model_handler(self, endpoint: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -79,8 +80,7 @@ class Gateway:
 
     async def passthrough(self, request: web.Request) -> web.StreamResponse:
         path = passthrough_tail(request[REQUEST_PATH], OWNED_PATHS)
-        return await self.serve(request, f"passthrough:{path}", EndpointKind.PASSTHROUGH,
-                                self.passthrough_relay.serve)
+        return await self.serve(request, path, EndpointKind.PASSTHROUGH, self.passthrough_relay.serve)
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         async def process(request: web.Request, ctx: RequestContext) -> web.StreamResponse:
@@ -164,9 +164,11 @@ class Gateway:
 
     async def _model_request(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
         """The stages of a model call, in order."""
-        await parse_model_request(request, ctx, self.max_body, self.body_timeout)
         hooks = self.hooks
-        ctx.principal = await hooks.authenticate(ctx)
+        ctx.principal = await hooks.authenticate(ctx)  # from the headers: no body read for a bad key
+        await parse_model_request(request, ctx, self.max_body, self.body_timeout)
+        if self._authorize:
+            await hooks.authorize(ctx)
         if self._short_circuit and ctx.endpoint in _SHORT_CIRCUIT_ENDPOINTS:
             reply = await hooks.short_circuit(ctx)
             if reply is not None:

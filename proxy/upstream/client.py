@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import aiohttp
 import orjson
@@ -77,9 +77,9 @@ class Upstreams:
             await session.close()
         self._sessions.clear()
 
-    async def open(self, upstream: str, method: str, path: str, *, body: bytes | None,
-                   headers: Mapping[str, str], timeouts: AttemptTimeouts,
-                   query: str | None = None) -> aiohttp.ClientResponse:
+    async def open(self, upstream: str, method: str, path: str, *, body: bytes | AsyncIterator[bytes] | None,
+                   headers: Mapping[str, str], timeouts: AttemptTimeouts, query: str | None = None,
+                   content_type: str | None = "application/json") -> aiohttp.ClientResponse:
         """Send a request; return the response once its headers show a 2xx status.
 
         The caller reads (and releases) the body. Raises :class:`UpstreamError`.
@@ -97,8 +97,8 @@ class Upstreams:
         if client_timeout is None:
             client_timeout = self._connect_timeouts[timeouts.connect] = aiohttp.ClientTimeout(
                 total=None, sock_connect=timeouts.connect)
-        if body is not None:
-            send_headers["Content-Type"] = "application/json"
+        if body is not None and content_type:
+            send_headers["Content-Type"] = content_type
         try:
             async with asyncio.timeout(timeouts.first_byte):
                 response = await session.request(method, url, data=body, headers=send_headers,
@@ -108,7 +108,7 @@ class Upstreams:
         except aiohttp.ClientConnectorError as exc:
             reason = exc.os_error.strerror or exc.os_error
             raise UpstreamError("connect", f"cannot connect to upstream {upstream!r}: {reason}") from None
-        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:  # reset, closed, body failed
             raise UpstreamError("connect",
                                 f"upstream {upstream!r} closed the connection: {type(exc).__name__}") from None
         except aiohttp.ClientResponseError as exc:

@@ -18,6 +18,7 @@ from typing import Any
 import openai
 import orjson
 import pytest
+from pydantic import ValidationError
 
 import proxy
 from plugins.cost import CostPlugin
@@ -25,7 +26,7 @@ from plugins.cost import plugin as cost_plugin_module
 from plugins.cost.ledger import Ledger, Row
 from plugins.cost.report import periods
 from proxy.config import config_from_dict
-from proxy.testing import MOCK_MODELS
+from proxy.testing import MOCK_MODELS, mock_config
 
 __version__ = "test"  # the loader reads it for /-/plugins (instead of scanning installed packages)
 
@@ -83,7 +84,7 @@ class KeyAuth:
             raise proxy.Rejection(401, "bad key", code="invalid_api_key", should_retry=False)
         name = token[3:]
         budget = self.budgets.get(name)
-        return proxy.Principal(name, settings={} if budget is None else {"budget": budget})
+        return proxy.Principal(name, policy=proxy.KeyPolicy(budget=budget))
 
 
 class FaqReply:
@@ -352,13 +353,15 @@ async def test_default_budget_and_per_key_override(floodgate, mock_upstream, tmp
     assert mock_upstream.stats.total == 1
 
 
-async def test_invalid_per_key_budget_fails_closed(floodgate, mock_upstream, tmp_path):
-    auth = KeyAuth({"odd": {"daily_usd": "lots"}})
-    gw, plugin, finished, db = await start(floodgate, tmp_path, plugins=(auth,))
-    with pytest.raises(openai.InternalServerError) as info:
-        await gw.openai(api_key="sk-odd").chat.completions.create(model="gpt-4.1", messages=MSGS)
-    assert info.value.code == "invalid_budget"
-    assert mock_upstream.stats.total == 0
+def test_a_wrong_budget_shape_fails_where_the_policy_is_built():
+    # Typed: a budget that is not a number cannot reach a request (no 500 at request time).
+    with pytest.raises(ValidationError):
+        proxy.KeyPolicy(budget={"daily_usd": "lots"})
+    config = config_from_dict(mock_config("http://127.0.0.1:9", plugin_settings={
+        "auth": {"keys": [{"name": "odd", "key": "sk-odd-key-1", "budget": {"daily_usd": "lots"}}]}}))
+    with pytest.raises(proxy.ConfigErrors) as info:
+        proxy.create_app(config, entry_points=False)
+    assert [e.path for e in info.value.errors] == ["plugins.auth.keys.0.budget.daily_usd"]
 
 
 async def test_spending_survives_a_restart(floodgate, mock_upstream, tmp_path):

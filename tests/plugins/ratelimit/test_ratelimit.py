@@ -13,6 +13,7 @@ import openai
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 
 import proxy
 from plugins.ratelimit import RateLimitPlugin, format_duration
@@ -295,8 +296,8 @@ async def test_a_waiter_not_admitted_within_max_wait_gets_429(floodgate: Any, mo
 
 async def test_priority_decides_who_waits_less(floodgate: Any, mock_upstream: Any) -> None:
     mock_upstream.set_behaviour("deepseek-v3.2", latency_ms=300)  # long enough to queue both meanwhile
-    keys = {"first": proxy.Principal("first"), "low": proxy.Principal("low", {"priority": 0}),
-            "high": proxy.Principal("high", {"priority": 10})}
+    keys = {"first": proxy.Principal("first"), "low": proxy.Principal("low", proxy.KeyPolicy(priority=0)),
+            "high": proxy.Principal("high", proxy.KeyPolicy(priority=10))}
     gw = await start(floodgate, {"mode": "queue", "queue": {"max_wait_ms": 3000},
                                  "upstreams": {"main": {"max_concurrent": 1}}}, keys=keys)
     finished: list[str] = []
@@ -319,7 +320,7 @@ async def test_priority_decides_who_waits_less(floodgate: Any, mock_upstream: An
 
 
 async def test_a_saturated_key_does_not_hold_up_others(floodgate: Any) -> None:
-    keys = {"alice": proxy.Principal("alice", {"rate_limit": {"requests_per_second": 2, "burst": 1}}),
+    keys = {"alice": proxy.Principal("alice", proxy.KeyPolicy(rate_limit={"requests_per_second": 2, "burst": 1})),
             "bob": proxy.Principal("bob")}
     gw = await start(floodgate, {"mode": "queue", "queue": {"max_wait_ms": 3000},
                                  "global": {"requests_per_second": 1000}}, keys=keys)
@@ -395,7 +396,7 @@ async def test_a_request_larger_than_the_token_limit_is_refused_for_good(floodga
 
 
 async def test_per_key_overrides_from_principal_settings(floodgate: Any) -> None:
-    keys = {"small": proxy.Principal("small", {"rate_limit": {"requests_per_second": 0.5, "burst": 2}}),
+    keys = {"small": proxy.Principal("small", proxy.KeyPolicy(rate_limit={"requests_per_second": 0.5, "burst": 2})),
             "big": proxy.Principal("big")}
     gw = await start(floodgate, {"mode": "reject", "per_key": {"requests_per_second": 1, "burst": 100}},
                      keys=keys)
@@ -414,7 +415,7 @@ async def test_per_key_overrides_from_principal_settings(floodgate: Any) -> None
 
 
 async def test_key_overrides_apply_without_a_plugin_block(floodgate: Any) -> None:
-    keys = {"capped": proxy.Principal("capped", {"rate_limit": {"requests_per_second": 0.1, "burst": 1}})}
+    keys = {"capped": proxy.Principal("capped", proxy.KeyPolicy(rate_limit={"requests_per_second": 0.1, "burst": 1}))}
     gw = await floodgate(plugins=[KeyAuth(keys), RateLimitPlugin()])  # default mode: queue, 2 s max wait
     client = gw.openai(api_key="capped")
     await chat(client)
@@ -423,13 +424,15 @@ async def test_key_overrides_apply_without_a_plugin_block(floodgate: Any) -> Non
     await chat(gw.openai(api_key="someone-else"))  # anonymous: no limits
 
 
-async def test_invalid_key_settings_fail_closed(floodgate: Any, mock_upstream: Any) -> None:
-    keys = {"broken": proxy.Principal("broken", {"rate_limit": {"requests_per_second": -1}})}
-    gw = await start(floodgate, {"global": {"requests_per_second": 100}}, keys=keys)
-    with pytest.raises(openai.InternalServerError) as info:
-        await chat(gw.openai(api_key="broken"))
-    assert "rate_limit settings of key 'broken'" in info.value.message
-    assert mock_upstream.stats.total == 0
+def test_a_wrong_per_key_limit_fails_where_the_policy_is_built() -> None:
+    # Typed: a broken per-key limit cannot reach a request (no 500 at request time).
+    with pytest.raises(ValidationError):
+        proxy.KeyPolicy(rate_limit={"requests_per_second": -1})
+    config = config_from_dict(mock_config("http://127.0.0.1:9", plugin_settings={
+        "auth": {"keys": [{"name": "broken", "key": "sk-broken-key", "rate_limit": {"requests_per_second": -1}}]}}))
+    with pytest.raises(proxy.ConfigErrors) as info:
+        proxy.create_app(config, entry_points=False)
+    assert [e.path for e in info.value.errors] == ["plugins.auth.keys.0.rate_limit.requests_per_second"]
 
 
 async def test_per_model_limit(floodgate: Any) -> None:

@@ -44,7 +44,7 @@ def user(text: str) -> list[dict[str, Any]]:
 
 
 class KeyAuth:
-    """A stand-in for the auth plugin: every caller is key ``k`` with the given settings."""
+    """A stand-in for the auth plugin: every caller is key ``k`` with the given policy."""
 
     name = "testauth"
     __version__ = "test"  # spares the loader a slow package-metadata scan
@@ -54,7 +54,7 @@ class KeyAuth:
 
     @proxy.hookimpl
     def proxy_authenticate(self, ctx: proxy.RequestContext) -> proxy.Principal:
-        return proxy.Principal("k", settings=self.settings)
+        return proxy.Principal("k", policy=proxy.KeyPolicy(**self.settings))
 
 
 class WalkTargets:
