@@ -22,11 +22,19 @@ Fixtures:
 
 Requires pytest-aiohttp (``pip install floodgate[test]``); tests are async.
 
-The parts: :mod:`.fixtures` holds the fixtures and helpers above; this package re-exports them,
-so ``pytest11: floodgate = "proxy.testing"`` registers them. Other test helpers for plugin
-authors belong beside it, re-exported here.
+``PluginHarness`` (no fixture needed)
+    Plugins configured as in a gateway, their hooks driven one by one without
+    sockets, time taken from a :class:`proxy.ManualClock` the test advances: rate
+    limits, queues, breakers, budgets and retry decisions tested without sleeping.
+    ``run_now(awaitable)`` asserts that something answers without waiting.
+
+The parts: :mod:`.fixtures` (the fixtures and ``mock_config``) and :mod:`.harness`
+(the offline harness); this package re-exports them, so ``pytest11: floodgate =
+"proxy.testing"`` registers the fixtures.
 """
 
 from .fixtures import MOCK_MODELS, RunningGateway, floodgate, mock_config, mock_upstream
+from .harness import PluginHarness, run_now
 
-__all__ = ["MOCK_MODELS", "RunningGateway", "floodgate", "mock_config", "mock_upstream"]
+__all__ = ["MOCK_MODELS", "PluginHarness", "RunningGateway", "floodgate", "mock_config", "mock_upstream",
+           "run_now"]
