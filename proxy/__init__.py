@@ -18,7 +18,7 @@ from .metrics import LabelCache
 from .policy import UNRESTRICTED, Budget, KeyPolicy, RateLimits
 from .settings import NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Settings
 from .text import content_text, last_user_text
-from .tokens import estimate_prompt_tokens, estimate_text_tokens
+from .tokens import estimate_prompt_tokens, estimate_text_tokens, output_limit, request_token_bounds
 from .types import (
     ANONYMOUS,
     STOP,
@@ -40,12 +40,12 @@ from .types import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "ANONYMOUS", "CONFIG", "HOOKS", "REGISTRY", "STOP", "UNRESTRICTED", "UPSTREAMS",
-    "Attempt", "AttemptRecord", "Budget", "Clock", "Config", "ConfigError", "ConfigErrors", "EndpointKind",
-    "Hooks", "KeyPolicy", "LabelCache", "LoopClock", "ManualClock", "NonEmptyStr", "NonNegativeFloat",
-    "NonNegativeInt", "PositiveFloat", "PositiveInt", "Price", "Principal", "RateLimits", "Rejection", "Reply",
-    "RequestContext", "Route", "Settings", "Stop", "StreamChunk", "Target", "Timings", "UpstreamResponse", "Usage",
+    "ANONYMOUS", "Attempt", "AttemptRecord", "Budget", "CONFIG", "Clock", "Config", "ConfigError",
+    "ConfigErrors", "EndpointKind", "HOOKS", "Hooks", "KeyPolicy", "LabelCache", "LoopClock", "ManualClock",
+    "NonEmptyStr", "NonNegativeFloat", "NonNegativeInt", "PositiveFloat", "PositiveInt", "Price", "Principal",
+    "REGISTRY", "RateLimits", "Rejection", "Reply", "RequestContext", "Route", "STOP", "Settings", "Stop",
+    "StreamChunk", "Target", "Timings", "UNRESTRICTED", "UPSTREAMS", "UpstreamResponse", "Usage",
     "add_config_option", "authenticate", "content_text", "create_app", "estimate_prompt_tokens",
-    "estimate_text_tokens", "hookimpl", "hookspecs", "last_user_text", "load_config", "parse_config",
-    "require_admin", "shorten",
+    "estimate_text_tokens", "hookimpl", "hookspecs", "last_user_text", "load_config", "output_limit",
+    "parse_config", "request_token_bounds", "require_admin", "shorten",
 ]

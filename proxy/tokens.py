@@ -10,6 +10,7 @@ cost per chat message.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .text import content_text
@@ -72,3 +73,31 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
                 total += MESSAGE_OVERHEAD + estimate_text_tokens(content_text(item.get("content")))
         return total
     return 0
+
+
+#: Request fields that cap the output, across chat, completions and Responses.
+MAX_OUTPUT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def output_limit(body: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> int | None:
+    """The most output tokens a request may produce: the smallest cap it (or a target's
+    overrides) sets, or ``None`` when it sets none."""
+    over = overrides or {}
+    caps = [v for k in MAX_OUTPUT_KEYS
+            if isinstance(v := over.get(k, body.get(k)), int) and not isinstance(v, bool) and v >= 0]
+    return min(caps) if caps else None
+
+
+def request_token_bounds(body: Mapping[str, Any], endpoint: str, overrides: Mapping[str, Any] | None,
+                         default_max_output: int, prompt: int | None = None) -> tuple[int, int]:
+    """(estimated prompt tokens, most output tokens) of a request: what admission reserves.
+
+    The rate limiter's token buckets and the budget check reserve the same
+    bounds, settled to the real usage when the request ends. Embeddings have no output.
+    """
+    if prompt is None:
+        prompt = estimate_prompt_tokens(body)  # type: ignore[arg-type]
+    if endpoint == "embeddings":
+        return prompt, 0
+    limit = output_limit(body, overrides)
+    return prompt, default_max_output if limit is None else limit

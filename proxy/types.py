@@ -259,6 +259,7 @@ class RequestContext:
     request_bytes: int = 0  # body bytes received from the client
     response_bytes: int = 0  # body bytes sent to the client (passthrough: as relayed)
     _user_text: str | None = field(default=None, repr=False)
+    _prompt_tokens: int | None = field(default=None, repr=False)
 
     @property
     def target(self) -> Target | None:
@@ -270,6 +271,16 @@ class RequestContext:
         """Whether the client asked for the usage chunk of a stream."""
         opts = self.body.get("stream_options")
         return bool(isinstance(opts, dict) and opts.get("include_usage"))
+
+    def estimated_prompt_tokens(self) -> int:
+        """The offline estimate of the prompt's tokens (:func:`proxy.estimate_prompt_tokens`),
+        computed once per request whoever asks first (routing, limits, budgets, usage)."""
+        tokens = self._prompt_tokens
+        if tokens is None:
+            from .tokens import estimate_prompt_tokens
+
+            tokens = self._prompt_tokens = estimate_prompt_tokens(self.body)
+        return tokens
 
     def last_user_text(self) -> str:
         """The text of the last user message (chat, Responses) or the prompt: computed once

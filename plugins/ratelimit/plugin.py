@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,6 @@ log = logging.getLogger("floodgate.ratelimit")
 
 REQUESTS, TOKENS, CONCURRENCY = "requests", "tokens", "concurrency"
 _STATE = "ratelimit.admission"
-_MAX_OUTPUT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _KEY_CACHE_SIZE = 10_000
 
 
@@ -192,14 +191,10 @@ class RateLimitPlugin:
 
     def _reservation(self, ctx: proxy.RequestContext, target: proxy.Target | None) -> int:
         """Estimated prompt tokens plus the most output the request may produce."""
-        body = ctx.body
-        prompt = proxy.estimate_prompt_tokens(body)
-        if ctx.endpoint == "embeddings":
-            return max(1, prompt)
-        overrides: Mapping[str, Any] = target.overrides if target is not None else {}
-        caps = [v for k in _MAX_OUTPUT_KEYS
-                if isinstance(v := overrides.get(k, body.get(k)), int) and not isinstance(v, bool) and v >= 0]
-        return max(1, prompt + (min(caps) if caps else self.settings.default_max_tokens))
+        prompt, output = proxy.request_token_bounds(
+            ctx.body, ctx.endpoint, target.overrides if target is not None else None,
+            self.settings.default_max_tokens, prompt=ctx.estimated_prompt_tokens())
+        return max(1, prompt + output)
 
     def _key_specs(self, principal: proxy.Principal) -> tuple[Spec, ...]:
         overrides = principal.policy.rate_limit
