@@ -22,7 +22,8 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(p.get("text") or "" for p in content if isinstance(p, dict))
+        # Like a real API, text of another type is not text: counted as nothing, never a crash.
+        return " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return ""
 
 

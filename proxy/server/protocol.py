@@ -32,7 +32,8 @@ class _JsonErrorHandler(web_protocol.RequestHandler):
         else:
             log.debug("refused malformed HTTP from %s: %s", getattr(request, "remote", "?"), message or exc)
             detail = exc.message if isinstance(exc, BadHttpMessage) and isinstance(exc.message, str) else message
-            text = f"malformed HTTP request: {(detail or 'bad request')[:200]}"
+            # aiohttp's first line names the problem; the lines after it echo the client's bytes.
+            text = f"malformed HTTP request: {(detail or 'bad request').strip().splitlines()[0][:120]}"
         if isinstance(exc, ContentEncodingError):
             status, text = 415, "unsupported Content-Encoding (identity, gzip and deflate are accepted)"
         if request.writer.output_size > 0:  # part of a response went out: nothing more can be said
