@@ -30,6 +30,8 @@ from proxy.mock import MockSettings, MockUpstream
 from proxy.server import listen_socket, run_app
 from proxy.testing import mock_config
 
+pytestmark = pytest.mark.e2e  # hundreds of requests against a served gateway
+
 EXAMPLES = int(os.environ.get("FLOODGATE_FUZZ_EXAMPLES", "300"))
 KEY = "sk-fuzz-key-123"
 ADMIN = "sk-fuzz-admin-123"

@@ -10,6 +10,8 @@ import pytest
 from proxy.cli import main
 from proxy.demo import DemoCommands, run
 
+pytestmark = pytest.mark.e2e  # the whole demo: a gateway, a mock and scripted SDK calls
+
 SHIPPED = Path(__file__).resolve().parents[2] / "config.yaml"
 
 

@@ -293,9 +293,8 @@ async def test_hang_times_out_and_stop_is_prompt(mock: MockUpstream,
     pending = asyncio.create_task(client.chat.completions.create(model="gpt-4.1",
                                                                  messages=MSGS))
     await asyncio.sleep(0.1)
-    started = time.monotonic()
-    await mock.stop()
-    assert time.monotonic() - started < 1.0
+    # A hanging answer does not hold up the mock's shutdown (a guard against a hang, not a timing).
+    await asyncio.wait_for(mock.stop(), 10)
     with pytest.raises(openai.APIConnectionError):
         await pending
 
@@ -366,8 +365,9 @@ async def test_tokens_per_second_pacing(mock: MockUpstream, client: openai.Async
     stamps = [time.monotonic() - started async for _ in stream]
     assert stamps[-1] >= 0.09 and stamps[-1] - stamps[1] >= 0.07  # spread out, not one burst
     started = time.monotonic()
-    await client.chat.completions.create(model="deepseek-v3.2", messages=MSGS)  # unthrottled
-    assert time.monotonic() - started < 0.5
+    unthrottled = await client.chat.completions.create(model="deepseek-v3.2", messages=MSGS, stream=True)
+    last = [time.monotonic() - started async for _ in unthrottled][-1]
+    assert last < stamps[-1]  # the other model is not paced: it ends before the paced one did
 
 
 async def test_stats_record_forwarded_requests(mock: MockUpstream,
