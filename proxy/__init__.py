@@ -17,7 +17,7 @@ from .keys import CONFIG, HOOKS, REGISTRY, UPSTREAMS
 from .metrics import LabelCache
 from .policy import UNRESTRICTED, Budget, KeyPolicy, RateLimits
 from .settings import NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Settings
-from .text import content_text, last_user_text
+from .text import content_text, conversation, last_user_text
 from .tokens import estimate_prompt_tokens, estimate_text_tokens, output_limit, request_token_bounds
 from .types import (
     ANONYMOUS,
@@ -45,7 +45,7 @@ __all__ = [
     "NonEmptyStr", "NonNegativeFloat", "NonNegativeInt", "PositiveFloat", "PositiveInt", "Price", "Principal",
     "REGISTRY", "RateLimits", "Rejection", "Reply", "RequestContext", "Route", "STOP", "Settings", "Stop",
     "StreamChunk", "Target", "Timings", "UNRESTRICTED", "UPSTREAMS", "UpstreamResponse", "Usage",
-    "add_config_option", "authenticate", "content_text", "create_app", "estimate_prompt_tokens",
+    "add_config_option", "authenticate", "content_text", "conversation", "create_app", "estimate_prompt_tokens",
     "estimate_text_tokens", "hookimpl", "hookspecs", "last_user_text", "load_config", "output_limit",
     "parse_config", "request_token_bounds", "require_admin", "shorten",
 ]

@@ -10,50 +10,17 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["FEATURE_BITS", "features", "keyword_pattern", "last_user_text", "prompt_tokens_bound", "user_turns"]
+import proxy
+
+__all__ = ["FEATURE_BITS", "features", "keyword_pattern", "prompt_tokens_bound", "user_turns"]
 
 #: Bits of :func:`features`, by the feature's name in a rule.
 FEATURE_BITS = {"tools": 1, "response_format": 2, "images": 4}
 _IMAGE_PARTS = ("image_url", "input_image")  # chat, Responses
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content
-                       if isinstance(p, dict) and p.get("type") in ("text", "input_text")
-                       and isinstance(p.get("text"), str))
-    return ""
-
-
-def _items(body: Mapping[str, Any]) -> list[Any] | None:
-    """The conversation items of a chat (``messages``) or Responses (``input``) body."""
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        return messages
-    given = body.get("input")
-    return given if isinstance(given, list) else None
-
-
-def last_user_text(body: Mapping[str, Any]) -> str:
-    """The text of the last user message, or the prompt/input string."""
-    items = _items(body)
-    if items is not None:
-        for item in reversed(items):
-            if isinstance(item, dict) and item.get("role") == "user":
-                return _text(item.get("content"))
-        return ""
-    prompt = body.get("prompt", body.get("input"))
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, list) and prompt and isinstance(prompt[-1], str):
-        return prompt[-1]
-    return ""
-
-
 def user_turns(body: Mapping[str, Any]) -> int:
-    items = _items(body)
+    items = proxy.conversation(body)
     if items is None:
         return 1 if body.get("prompt", body.get("input")) else 0
     return sum(1 for item in items if isinstance(item, dict) and item.get("role") == "user")
@@ -67,7 +34,7 @@ def features(body: Mapping[str, Any]) -> int:
     response_format = body.get("response_format")
     if isinstance(response_format, dict) and response_format.get("type") in ("json_schema", "json_object"):
         found |= 2
-    for item in _items(body) or ():
+    for item in proxy.conversation(body) or ():
         content = item.get("content") if isinstance(item, dict) else None
         if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") in _IMAGE_PARTS
                                              for p in content):

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 import proxy
 
-from .body import features, last_user_text, prompt_tokens_bound, user_turns
+from .body import features, prompt_tokens_bound, user_turns
 from .settings import RouterSettings
 from .tiers import (
     KEYWORDS,
@@ -77,11 +77,12 @@ class RouterPlugin:
         return [*self.tiers, self.selector] if self.tiers else []
 
     # -- classification (pure: used by the hook and the CLI) -------------------
-    def classify(self, body: Mapping[str, Any]) -> Decision:
+    def classify(self, body: Mapping[str, Any], ctx: proxy.RequestContext | None = None) -> Decision:
         """The tier the selector picks for a request body: first matching rule, else the default.
 
         Each input (text, token estimate, turns, features) is computed only when
-        a rule needs it, at most once.
+        a rule needs it, at most once; with ``ctx`` the text and the estimate are the
+        request's own (computed once for every plugin).
         """
         text: str | None = None
         tokens: int | None = None
@@ -92,7 +93,7 @@ class RouterPlugin:
             kind = rule.kind
             if kind == KEYWORDS:
                 if text is None:
-                    text = last_user_text(body).lower()
+                    text = (ctx.last_user_text() if ctx is not None else proxy.last_user_text(body)).lower()
                 hit = rule.value.search(text) is not None
             elif kind == MIN_TOKENS:
                 if tokens is None:
@@ -100,11 +101,11 @@ class RouterPlugin:
                         bound = prompt_tokens_bound(body) or 0  # 0: unknown
                     if 0 < bound < rule.value:
                         continue  # certainly shorter: no estimate needed
-                    tokens = proxy.estimate_prompt_tokens(body)  # type: ignore[arg-type]
+                    tokens = self._prompt_tokens(body, ctx)
                 hit = tokens >= rule.value
             elif kind == MAX_TOKENS:
                 if tokens is None:
-                    tokens = proxy.estimate_prompt_tokens(body)  # type: ignore[arg-type]
+                    tokens = self._prompt_tokens(body, ctx)
                 hit = tokens <= rule.value
             elif kind == MIN_TURNS:
                 if turns < 0:
@@ -118,13 +119,18 @@ class RouterPlugin:
                 return Decision(rule.route, rule.name, tokens)
         return Decision(self.default, RULE_DEFAULT, tokens)
 
-    def decide(self, model: str | None, body: Mapping[str, Any]) -> Decision | None:
+    @staticmethod
+    def _prompt_tokens(body: Mapping[str, Any], ctx: proxy.RequestContext | None) -> int:
+        return ctx.estimated_prompt_tokens() if ctx is not None else proxy.estimate_prompt_tokens(dict(body))
+
+    def decide(self, model: str | None, body: Mapping[str, Any],
+               ctx: proxy.RequestContext | None = None) -> Decision | None:
         """The decision for a client asking for ``model``; ``None`` when the router does not handle it."""
         entry = self._entries.get(model) if model is not None else None
         if entry is None:
             return None
         if entry == self.selector:
-            return self.classify(body)
+            return self.classify(body, ctx)
         return Decision(entry, RULE_REQUESTED)
 
     # -- per request ----------------------------------------------------------
@@ -135,7 +141,7 @@ class RouterPlugin:
             return None
         forced = ctx.headers.get(TIER_HEADER)
         decision = (Decision(self._forced_tier(ctx, forced), RULE_HEADER_FORCED) if forced is not None
-                    else self.decide(ctx.model, ctx.body))
+                    else self.decide(ctx.model, ctx.body, ctx))
         if decision is None:
             return None  # an explicit catalogue model (or unknown): the core decides
         tier = self.tiers[decision.route]
