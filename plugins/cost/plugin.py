@@ -28,6 +28,7 @@ log = logging.getLogger("floodgate.cost")
 
 _ADJECTIVE = {"day": "daily", "month": "monthly"}
 _STATE = "cost.reservation"
+_ROW = "cost.row_id"
 
 
 class CostPlugin:
@@ -121,23 +122,47 @@ class CostPlugin:
     # -- per request ---------------------------------------------------------------
     @proxy.hookimpl(tryfirst=True)  # refuse before waiting in a rate-limit queue
     def proxy_admit(self, ctx: proxy.RequestContext) -> Awaitable[None] | None:
-        """Reserve the request's maximum cost (0 if unpriced) against the key's budgets."""
+        """Reserve the request's maximum cost (0 if unpriced) against the key's budgets; journal
+        its provisional row."""
         limits = self._limits(ctx.principal.policy)
-        if not limits:
+        if not limits and self.ledger is None:
             return None
         assert self.prices is not None
-        amount = self.prices.maximum(ctx) or 0.0
+        amount = self.prices.maximum(ctx)  # None: unpriced
+        if not limits:
+            self._begin(ctx, amount)
+            return None
         key = ctx.principal.name
         if self.shared is not None:
             return self._reserve_shared(ctx, key, limits, amount)
-        verdict = self.budgets.reserve_now(key, limits, amount, self.clock.wall())
+        verdict = self.budgets.reserve_now(key, limits, amount or 0.0, self.clock.wall())
         self._decided(ctx, key, limits, amount, verdict)
         return None
 
-    async def _reserve_shared(self, ctx: proxy.RequestContext, key: str, limits: Limits, amount: float) -> None:
+    def _begin(self, ctx: proxy.RequestContext, amount: float | None) -> None:
+        """The provisional row of an admitted request: if the gateway dies before the request
+        finishes (with its answer perhaps already sent), this row stays, charged its maximum."""
+        if self.ledger is None:
+            return
+        self._rows += 1
+        row_id = ctx.state[_ROW] = f"{self._row_prefix}{self._rows:x}"
+        route = ctx.route
+        target = route.targets[0] if route is not None and route.targets else None
+        try:
+            self.ledger.begin(Row(
+                row_id, ctx.request_id, self.clock.wall(), ctx.principal.name, ctx.model,
+                target.model if target is not None else None, route.name if route else None, 0,
+                ctx.estimated_prompt_tokens() if ctx.kind is proxy.EndpointKind.MODEL else 0, 0, 0, True,
+                amount or 0.0, 0, 0.0, ctx.endpoint, None, ctx.kind.value, ctx.method, ctx.request_bytes, 0,
+                amount is None))
+        except Exception:  # the ledger observes: it never fails a request
+            log.exception("usage ledger: the provisional row of request %s could not be queued", ctx.request_id)
+
+    async def _reserve_shared(self, ctx: proxy.RequestContext, key: str, limits: Limits,
+                              amount: float | None) -> None:
         assert self.shared is not None
         try:
-            verdict = await self.shared.reserve(key, limits, amount, self.clock.wall())
+            verdict = await self.shared.reserve(key, limits, amount or 0.0, self.clock.wall())
         except Exception as exc:  # a security stage: fail closed
             log.error("budget store unavailable (%s): budgeted requests are refused", type(exc).__name__)
             raise proxy.Rejection(503, "The budget service is unavailable; please retry shortly.",
@@ -145,17 +170,18 @@ class CostPlugin:
                                   headers={"retry-after": "1"}) from None
         self._decided(ctx, key, limits, amount, verdict)
 
-    def _decided(self, ctx: proxy.RequestContext, key: str, limits: Limits, amount: float,
+    def _decided(self, ctx: proxy.RequestContext, key: str, limits: Limits, amount: float | None,
                  verdict: Verdict) -> None:
         self._limits_seen[key] = limits
         if verdict.reservation is not None:
             ctx.state[_STATE] = verdict.reservation
+            self._begin(ctx, amount)
             if self.shared is None:
                 self._reserved(key).set(self.budgets.spent_now(key, self.clock.wall())[2])
             return
         assert verdict.period is not None
         self._rejected(key, verdict.period).inc()
-        raise self._refusal(key, amount, verdict)
+        raise self._refusal(key, amount or 0.0, verdict)
 
     @proxy.hookimpl
     def proxy_response(self, ctx: proxy.RequestContext, response: proxy.UpstreamResponse) -> None:
@@ -205,11 +231,14 @@ class CostPlugin:
 
     # -- helpers ---------------------------------------------------------------------
     def _row(self, ctx: proxy.RequestContext, now: float, cost: float | None) -> Row:
-        self._rows += 1
+        row_id = ctx.state.get(_ROW)
+        if row_id is None:
+            self._rows += 1
+            row_id = f"{self._row_prefix}{self._rows:x}"
         target, usage, route, reply = ctx.target, ctx.usage, ctx.route, ctx.reply
         passthrough = ctx.kind is proxy.EndpointKind.PASSTHROUGH
         return Row(
-            f"{self._row_prefix}{self._rows:x}", ctx.request_id, now, ctx.principal.name, ctx.model,
+            row_id, ctx.request_id, now, ctx.principal.name, ctx.model,
             None if target is None or passthrough else target.model, route.name if route else None,
             len(ctx.attempts), usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
             usage.cached_tokens if usage else 0, ctx.usage_estimated, cost or 0.0, ctx.status,

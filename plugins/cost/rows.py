@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-__all__ = ["COLUMNS", "MEMORY", "Row", "decode", "encode", "iso_utc", "values"]
+__all__ = ["COLUMNS", "MEMORY", "UPSERT", "Row", "decode", "encode", "iso_utc", "values"]
 
 #: The SQLite path of an in-memory database (readable only through the gateway's own connection).
 MEMORY = ":memory:"
@@ -18,8 +18,11 @@ class Row(NamedTuple):
 
     ``row_id`` is made by the gateway and unique (the idempotency key of journal
     replays); ``request_id`` may come from the client's ``x-request-id`` and so is
-    not. ``unpriced`` rows (passthrough, models without a price) have a cost the
-    gateway cannot know: ``cost_usd`` is 0 there and means "unknown".
+    not. A request that goes upstream gets a *provisional* row as it is admitted
+    (``status`` 0, its maximum cost, ``estimated``), replaced by its final row when
+    it finishes: if its gateway dies in between, the provisional row is what stays.
+    ``unpriced`` rows (passthrough, models without a price) have a cost the gateway
+    cannot know: ``cost_usd`` is 0 there and means "unknown".
     """
 
     row_id: str
@@ -48,6 +51,11 @@ class Row(NamedTuple):
 
 #: The table's columns in insert order: ``ts`` (text of ``epoch``) follows ``request_id``.
 COLUMNS: tuple[str, ...] = ("row_id", "request_id", "ts", *Row._fields[2:])
+
+
+#: The upsert's assignments: a request's final row replaces its provisional one (same ``row_id``);
+#: replaying a row already stored changes nothing.
+UPSERT = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[1:])
 
 
 def values(row: Row) -> tuple[Any, ...]:

@@ -70,6 +70,7 @@ class Ledger:
         self.flush_interval = flush_interval
         self.warn_backlog = warn_backlog
         self._pending: list[Row] = []
+        self._open_rows: dict[str, int] = {}  # row_id -> index in _pending of a provisional row
         self._batches: list[tuple[list[Row], JournalFile | None]] = []  # sealed, waiting for the database
         self._warned = False
         self._lock = asyncio.Lock()
@@ -100,14 +101,29 @@ class Ledger:
         self._task = asyncio.create_task(self._writer(), name="floodgate-ledger-writer")
         return adopted
 
-    def append(self, row: Row) -> None:
-        """Journal the row and queue it for the database (hot path: one ``write`` syscall)."""
+    def begin(self, row: Row) -> None:
+        """Journal the provisional row of a request now going upstream (see :meth:`append`)."""
+        self.append(row, provisional=True)
+
+    def append(self, row: Row, *, provisional: bool = False) -> None:
+        """Journal the row and queue it for the database (hot path: one ``write`` syscall).
+
+        A row with the ``row_id`` of a provisional one (:meth:`begin`) replaces it: in
+        the queue if it is still there, else in the database (rows are upserted).
+        """
         if self._closed:  # a request that outlived shutdown: leave it for the next gateway
             self._late(row)
             return
         if self.journal is not None:
             self.journal.append(encode(row))
         pending = self._pending
+        if provisional:
+            self._open_rows[row.row_id] = len(pending)
+        elif self._open_rows:
+            at = self._open_rows.pop(row.row_id, None)
+            if at is not None:
+                pending[at] = row
+                return
         pending.append(row)
         n = len(pending)
         if n >= self.batch_size:
@@ -164,6 +180,7 @@ class Ledger:
                 sealed = self.journal.rotate() if self.journal is not None else None
                 self._batches.append((self._pending, sealed))
                 self._pending = []
+                self._open_rows = {}
             while self._batches:
                 rows, sealed = self._batches[0]
                 try:

@@ -2,8 +2,9 @@
 
 Every gateway host keeps its own journal (see :mod:`.journal`) and moves its rows
 here in batches, each batch one pipelined ``executemany`` in one transaction,
-idempotent by ``row_id``. The DSN may carry a password: it is never printed —
-logs and errors show :func:`redact`'s form, and a driver message is scrubbed of it.
+upserted by ``row_id`` (a request's final row replaces its provisional one; a replay
+changes nothing). The DSN may carry a password: it is never printed — logs and
+errors show :func:`redact`'s form, and a driver message is scrubbed of it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from ..report import summary_query, summary_result
-from ..rows import COLUMNS, Row, values
+from ..rows import COLUMNS, UPSERT, Row, values
 
 __all__ = ["PostgresBackend", "redact"]
 
@@ -51,7 +52,8 @@ _ADDED = ("row_id TEXT", "kind TEXT", "method TEXT", "request_bytes BIGINT NOT N
           "response_bytes BIGINT NOT NULL DEFAULT 0", "unpriced SMALLINT NOT NULL DEFAULT 0")
 
 _INSERT = (f"INSERT INTO usage ({', '.join(COLUMNS)}) "
-           f"VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))}) ON CONFLICT (row_id) DO NOTHING")
+           f"VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))}) "
+           f"ON CONFLICT (row_id) DO UPDATE SET {UPSERT}")
 
 _SPENT = ("SELECT key, SUM(CASE WHEN epoch >= $1 THEN cost_usd ELSE 0 END), SUM(cost_usd) "
           "FROM usage WHERE epoch >= $2 GROUP BY key")

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from ..report import summary_query, summary_result
-from ..rows import COLUMNS, MEMORY, Row, values
+from ..rows import COLUMNS, MEMORY, UPSERT, Row, values
 
 __all__ = ["SQLiteBackend", "connect", "read_summary"]
 
@@ -62,7 +62,7 @@ _INDEXES = ("CREATE UNIQUE INDEX IF NOT EXISTS usage_row_id ON usage (row_id)",
             "CREATE INDEX IF NOT EXISTS usage_epoch ON usage (epoch)")
 
 _INSERT = (f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
-           "ON CONFLICT (row_id) DO NOTHING")
+           f"ON CONFLICT (row_id) DO UPDATE SET {UPSERT}")
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -92,7 +92,7 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 def insert(conn: sqlite3.Connection, rows: Sequence[Row]) -> None:
-    """Store rows in one transaction; rows already there (same ``row_id``) are skipped."""
+    """Store rows in one transaction; a row already there (same ``row_id``) is replaced."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.executemany(_INSERT, [values(r) for r in rows])
