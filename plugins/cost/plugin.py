@@ -19,6 +19,7 @@ from .endpoint import usage_endpoint
 from .factory import build_ledger
 from .ledger import Ledger
 from .pricing import Prices
+from .report import periods
 from .rows import Row
 from .settings import CostSettings
 
@@ -256,7 +257,8 @@ class CostPlugin:
     def _refusal(self, key: str, amount: float, verdict: Verdict) -> proxy.Rejection:
         period, cap, spent, reserved = verdict.period or DAY, verdict.cap, verdict.spent, verdict.reserved
         adjective = _ADJECTIVE[period]
-        reset = self.budgets.day_end if period == DAY else self.budgets.month_end
+        _, day_end, _, month_end = periods(self.clock.wall())
+        reset = day_end if period == DAY else month_end
         reset_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(reset))
         if spent >= cap:
             message = f"Key {key!r} has used up its {adjective} budget of ${cap:.6g}; it resets at {reset_at}."

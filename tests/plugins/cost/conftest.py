@@ -36,12 +36,18 @@ async def pg_schema() -> AsyncIterator[str]:
         await conn.close()
 
 
+def blocking_client() -> object:
+    """A client whose callers wait for a free connection (as a gateway's must) instead of failing."""
+    import redis.asyncio as redis
+
+    return redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(REDIS_URL, max_connections=20))
+
+
 @pytest.fixture
 async def redis_prefix() -> AsyncIterator[tuple[object, str]]:
     """(a ``redis.asyncio.Redis`` client, a key prefix of this test's own); its keys deleted after."""
-    import redis.asyncio as redis
 
-    client = redis.Redis.from_url(REDIS_URL)
+    client = blocking_client()
     prefix = f"fg-test:{os.urandom(5).hex()}"
     yield client, prefix
     keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
