@@ -140,6 +140,9 @@ class Journal:
             return
         own = self._current.path if self._current is not None else None
         for name in names:
+            if name.startswith(_TEMP + _PREFIX):
+                _remove_stale_temp(os.path.join(self.directory, name))
+                continue
             if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
                 continue
             path = os.path.join(self.directory, name)
@@ -148,6 +151,21 @@ class Journal:
             adopted = _adopt(path)
             if adopted is not None:
                 yield adopted
+
+
+def _remove_stale_temp(path: str) -> None:
+    """A file its creator died before renaming (so before any row was written to it): delete it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.unlink(path)
+    except (BlockingIOError, FileNotFoundError):
+        pass  # being created right now, or gone
+    finally:
+        os.close(fd)
 
 
 def _adopt(path: str) -> tuple[JournalFile, list[Row]] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import re
@@ -124,3 +125,25 @@ def metric(text: str, name: str, **labels: str) -> float | None:
             if found == labels:
                 return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def usage_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="floodgate")
+    sub = parser.add_subparsers(dest="command")
+    CostPlugin().proxy_add_commands(subparsers=sub)
+    args = parser.parse_args(["usage", *argv])
+    return args.func(args)
+
+
+def cost_config(tmp_path: Path, ledger: str, extra: str = "") -> Path:
+    """A config file whose ``plugins.cost.ledger`` is ``ledger`` (a YAML flow mapping); ``extra``
+    lines go under ``plugins.cost``."""
+    path = tmp_path / "floodgate.yaml"
+    path.write_text(f"""
+upstreams:
+  main: {{base_url: "http://127.0.0.1:9"}}
+plugins:
+  cost:
+    ledger: {ledger}
+{extra}""")
+    return path

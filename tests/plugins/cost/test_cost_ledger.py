@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import contextlib
 import fcntl
@@ -14,6 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 from conftest import PG_DSN
+from costkit import cost_config, usage_cli
 
 import proxy
 from plugins.cost import CostPlugin
@@ -292,3 +294,37 @@ async def test_an_admitted_request_has_a_provisional_row_until_its_final_one_rep
     assert (row["status"], row["estimated"], row["attempts"], row["model"]) == (0, 1, 0, "gpt-4.1")
     assert row["cost_usd"] == pytest.approx(most)
     await h.stop()
+
+
+def test_stale_temporary_journals_are_removed(tmp_path):
+    directory = tmp_path / "j"
+    directory.mkdir()
+    stale = directory / ".tmp-journal-deadhost-1-aa-000000.jsonl"  # its creator died before renaming it
+    stale.write_bytes(b"")
+    creating = directory / ".tmp-journal-livehost-2-bb-000000.jsonl"
+    fd = os.open(creating, os.O_WRONLY | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        assert list(Journal(str(directory)).orphans()) == []
+        assert not stale.exists() and creating.exists()
+    finally:
+        os.close(fd)
+
+
+async def test_floodgate_usage_reads_the_postgresql_ledger(pg_schema, tmp_path, capsys):
+    import orjson
+
+    ledger = Ledger(PostgresBackend(PG_DSN, pg_schema), None)
+    await ledger.open()
+    ledger.append(row(1, cost=0.5))
+    ledger.append(row(2, key="bot", cost=0.25))
+    await ledger.close()
+    config = cost_config(tmp_path, f'{{backend: postgresql, url: "${{TEST_LEDGER_DSN}}", schema: {pg_schema}}}')
+    os.environ["TEST_LEDGER_DSN"] = PG_DSN
+    try:
+        code = await asyncio.to_thread(usage_cli, "--config", str(config), "--json")
+    finally:
+        del os.environ["TEST_LEDGER_DSN"]
+    assert code == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert [(g["group"], g["cost_usd"]) for g in report["groups"]] == [("shop", 0.5), ("bot", 0.25)]

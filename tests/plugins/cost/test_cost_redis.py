@@ -132,3 +132,25 @@ async def test_two_gateways_sharing_redis_admit_within_the_budget(redis_prefix):
     assert day == pytest.approx(12 * top) and reserved == 0.0
     for h in harnesses:
         await h.stop()
+
+
+async def test_an_unreachable_store_refuses_budgeted_requests_and_spares_the_others():
+    import redis.asyncio as redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    clock = proxy.ManualClock(wall_start=NOW)
+    plugin = CostPlugin(clock=clock, store=RedisBudgetStore(client, "fg-test:down"))
+    async with PluginHarness(plugin, clock=clock, settings={"cost": {"ledger": {"enabled": False}}}) as h:
+        budgeted = h.context(principal=proxy.Principal("shop", policy=proxy.KeyPolicy(budget={"daily_usd": 1})))
+        with pytest.raises(proxy.Rejection) as info:
+            await h.admit(budgeted)
+        assert (info.value.status, info.value.code, info.value.headers["retry-after"]) == (
+            503, "budget_unavailable", "1")
+        await h.admit(h.context())  # no budget: not the store's business
+        ctx = h.context()
+        await h.admit(ctx)
+        h.attempt(ctx)
+        await h.finished(ctx)  # settling fails open: logged
+    await client.aclose()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 import time
 from pathlib import Path
@@ -10,9 +9,8 @@ from typing import Any
 
 import orjson
 import pytest
-from costkit import DEEPSEEK, GPT41, MSGS, KeyAuth, by_hand, start
+from costkit import DEEPSEEK, GPT41, MSGS, KeyAuth, by_hand, cost_config, start, usage_cli
 
-from plugins.cost import CostPlugin
 from plugins.cost.ledger import Ledger
 from plugins.cost.ledger.sqlite import SQLiteBackend
 from plugins.cost.rows import Row
@@ -111,25 +109,8 @@ async def test_usage_endpoint_without_auth_plugin_and_with_ledger_disabled(flood
 
 # -- floodgate usage -----------------------------------------------------------------------
 
-def usage_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="floodgate")
-    sub = parser.add_subparsers(dest="command")
-    CostPlugin().proxy_add_commands(subparsers=sub)
-    args = parser.parse_args(["usage", *argv])
-    return args.func(args)
-
-
 def write_config(tmp_path: Path, ledger_path: str, extra: str = "") -> Path:
-    path = tmp_path / "floodgate.yaml"
-    path.write_text(f"""
-upstreams:
-  main: {{base_url: "http://127.0.0.1:9"}}
-plugins:
-  cost:
-    ledger:
-      path: {ledger_path}
-{extra}""")
-    return path
+    return cost_config(tmp_path, f"{{path: {ledger_path}}}", extra)
 
 
 def row(row_id: str, epoch: float, key: str, model: str | None, cost: float, *, estimated: bool = False,
