@@ -78,14 +78,14 @@ def ledger_path(config: proxy.Config, settings: LedgerSettings) -> str:
 
 def journal_dir(config: proxy.Config, settings: LedgerSettings, path: str) -> str | None:
     """Where this host's journals live: ``journal_dir``, else beside the SQLite file
-    (``usage.db.journal``), else ``usage-journal`` in the working directory. ``None`` for
+    (``usage.db.journal.d``), else ``usage-journal`` in the working directory. ``None`` for
     an in-memory ledger, which keeps nothing anyway."""
     if settings.journal_dir is not None:
         chosen = os.path.abspath(os.path.expanduser(settings.journal_dir))
     elif settings.backend == "sqlite":
         if path == MEMORY:
             return None
-        chosen = path + ".journal"
+        chosen = path + ".journal.d"
     else:
         chosen = os.path.abspath("usage-journal")
     parent = os.path.dirname(chosen)

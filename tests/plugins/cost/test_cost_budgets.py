@@ -230,3 +230,29 @@ async def test_the_day_rolls_over_when_the_clock_passes_utc_midnight_and_the_mon
         await h.finished(in_flight)  # settles in February: charged to it
         assert h.spent("shop") == pytest.approx((one, one, 0.0))
         assert h.metric("floodgate_cost_budget_remaining_usd", key="shop", period="day") == pytest.approx(0.5 * one)
+
+
+class Catalogue:
+    """A config whose catalogue has a model without a price (``price(name)`` is ``None``)."""
+
+    models = {"priced": None, "free-text": None}
+
+    def price(self, name: str) -> proxy.Price | None:
+        return proxy.Price(input=1.0, output=2.0) if name == "priced" else None
+
+
+def test_unpriced_targets_are_left_out_of_the_maximum_and_unknown_in_the_cost():
+    from plugins.cost.pricing import Prices
+
+    prices = Prices(Catalogue(), default_max_tokens=100)  # type: ignore[arg-type]
+    ctx = Harness().context(chat(max_tokens=10))
+    unpriced, priced = proxy.Target("free-text", "main", "x"), proxy.Target("priced", "main", "y")
+    ctx.route = proxy.Route("r", (unpriced, priced))
+    assert prices.maximum(ctx) == pytest.approx((proxy.estimate_prompt_tokens(ctx.body) * 1.0 + 10 * 2.0) / 1e6)
+    ctx.route = proxy.Route("r", (unpriced,))
+    assert prices.maximum(ctx) is None  # the unpriced rule applies
+    ctx.attempts.append(proxy.AttemptRecord(unpriced, started=0.0))
+    ctx.usage = proxy.Usage(10, 5)
+    assert prices.cost(ctx) is None
+    ctx.attempts.append(proxy.AttemptRecord(priced, started=0.0))
+    assert prices.cost(ctx) == pytest.approx((10 * 1.0 + 5 * 2.0) / 1e6)
