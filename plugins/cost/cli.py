@@ -1,19 +1,24 @@
-"""``floodgate usage``: the usage ledger summarised on the command line."""
+"""``floodgate usage``: the usage ledger summarised on the command line, from either backend."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sqlite3
 import sys
+from typing import Any
 
 import orjson
 
 import proxy
 
-from .plugin import CostPlugin
-from .report import GROUPS, format_table, parse_since, read_report
-from .schema import MEMORY
-from .settings import CostSettings, ledger_path
+from .factory import build_backend
+from .ledger import Backend
+from .ledger.postgres import LedgerDatabaseError
+from .ledger.sqlite import SQLiteBackend, read_summary
+from .report import GROUPS, format_table, parse_since
+from .rows import MEMORY
+from .settings import CostSettings
 
 __all__ = ["add_usage_command", "usage_command"]
 
@@ -21,8 +26,8 @@ __all__ = ["add_usage_command", "usage_command"]
 def add_usage_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "usage", help="summarise the usage ledger",
-        description="Requests, tokens and cost from the cost plugin's usage ledger "
-                    "(plugins.cost.ledger.path in the config), grouped by key, model, route or day.")
+        description="Requests, tokens and cost from the cost plugin's usage ledger (plugins.cost.ledger in "
+                    "the config: SQLite or PostgreSQL), grouped by key, model, route, day or kind.")
     proxy.add_config_option(parser)
     parser.add_argument("--since", type=_since_arg, metavar="WHEN",
                         help="only rows since a UTC date or date-time (2026-11-01, 2026-11-01T12:00) "
@@ -39,12 +44,17 @@ def _since_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
 def usage_command(args: argparse.Namespace) -> int:
     """``floodgate usage``: print the ledger summary (table or JSON)."""
     try:
         config = proxy.load_config(args.config)
-        settings = config.plugin_settings(CostPlugin.name, CostSettings)
-        path = ledger_path(config, settings.ledger) if settings.ledger.enabled else MEMORY
+        settings = config.plugin_settings("cost", CostSettings).ledger
+        backend = build_backend(config, settings) if settings.enabled else None
     except proxy.ConfigErrors as exc:
         errors = exc.errors
     except proxy.ConfigError as exc:
@@ -55,22 +65,33 @@ def usage_command(args: argparse.Namespace) -> int:
         for error in errors:
             print(f"error: {error}", file=sys.stderr)
         return 1
-    if not settings.ledger.enabled:
-        print("error: the usage ledger is disabled (plugins.cost.ledger.enabled: false)", file=sys.stderr)
-        return 1
-    if path == MEMORY:
-        print("error: an in-memory ledger (:memory:) can only be read through GET /-/usage", file=sys.stderr)
-        return 1
+    if backend is None:
+        return _fail("the usage ledger is disabled (plugins.cost.ledger.enabled: false)")
     try:
-        report = read_report(path, since=args.since, by=args.by)
-    except FileNotFoundError:
-        print(f"error: no usage ledger at {path} (nothing recorded yet?)", file=sys.stderr)
-        return 1
+        report = _read(backend, since=args.since, by=args.by)
+    except FileNotFoundError as exc:
+        return _fail(f"no usage ledger at {exc.args[0]} (nothing recorded yet?)")
     except sqlite3.DatabaseError as exc:
-        print(f"error: cannot read the usage ledger {path}: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"cannot read the usage ledger {backend.name}: {exc}")
+    except LedgerDatabaseError as exc:  # scrubbed of the DSN's password
+        return _fail(f"cannot read the usage ledger: {exc}")
     if args.json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
         print(format_table(report))
     return 0
+
+
+def _read(backend: Backend, *, since: float | None, by: str) -> dict[str, Any]:
+    if isinstance(backend, SQLiteBackend):
+        if backend.path == MEMORY:
+            raise sqlite3.DatabaseError("an in-memory ledger (:memory:) can only be read through GET /-/usage")
+        return read_summary(backend.path, since=since, by=by)
+
+    async def read() -> dict[str, Any]:
+        await backend.open()
+        try:
+            return await backend.summarize(since=since, by=by)
+        finally:
+            await backend.close()
+    return asyncio.run(read())

@@ -1,56 +1,68 @@
-"""The cost plugin: pricing, budgets, metrics, the ledger rows and ``GET /-/usage``."""
+"""The cost plugin: pricing, budgets (reserve at admission, settle at finish), metrics, ledger rows."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
+from collections.abc import Awaitable
 from typing import Any
 
-import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 import proxy
 
-from .ledger import Ledger, Row
-from .report import GROUPS, parse_since, periods
-from .settings import CostSettings, ledger_path
+from .budgets import DAY, BudgetStore, Limits, MemoryBudgetStore, Reservation, Verdict
+from .endpoint import usage_endpoint
+from .factory import build_ledger
+from .ledger import Ledger
+from .pricing import Prices
+from .report import periods
+from .rows import Row
+from .settings import CostSettings
 
 __all__ = ["CostPlugin"]
 
 log = logging.getLogger("floodgate.cost")
 
 _ADJECTIVE = {"day": "daily", "month": "monthly"}
+_STATE = "cost.reservation"
+_ROW = "cost.row_id"
 
 
 class CostPlugin:
-    """Prices every request, enforces budgets, keeps the usage ledger."""
+    """Prices every request, enforces budgets, keeps the usage ledger.
+
+    :param clock: budget periods and ledger timestamps come from ``clock.wall()``.
+    :param store: a fleet-wide :class:`~.budgets.BudgetStore` (e.g.
+        :class:`~.redis_budgets.RedisBudgetStore`); ``None`` keeps budgets in this process.
+    """
 
     name = "cost"
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: proxy.Clock | None = None, store: BudgetStore | None = None) -> None:
+        self.clock: proxy.Clock = clock or proxy.LoopClock()
         self.settings = CostSettings()
         self.ledger: Ledger | None = None
-        self._prices: dict[str, proxy.Price] = {}
-        self._default: tuple[float | None, float | None] = (None, None)
-        self._spent_day: dict[str, float] = {}
-        self._spent_month: dict[str, float] = {}
-        self._budgets: dict[str, tuple[float | None, float | None]] = {}  # last seen, for the gauges
-        self._day_start = self._day_end = self._month_start = self._month_end = 0.0
+        self.budgets = MemoryBudgetStore()
+        self.shared = store
+        self.prices: Prices | None = None
+        self._default = Limits(None, None)
+        self._limits_seen: dict[str, Limits] = {}  # keys with a budget, for the gauges
+        self._gauge_day = 0.0  # the day the gauges were last set in
         self._series: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
+        self._row_prefix = os.urandom(6).hex()
+        self._rows = 0
 
     # -- configuration -----------------------------------------------------------
     @proxy.hookimpl
     def proxy_configure(self, config: proxy.Config, registry: CollectorRegistry) -> None:
         self.settings = settings = config.plugin_settings(self.name, CostSettings)
-        self._prices = {name: model.price for name, model in config.models.items()}
-        self._default = (settings.default_budget.daily_usd, settings.default_budget.monthly_usd)
-        ledger = settings.ledger
-        if ledger.enabled:
-            self.ledger = Ledger(ledger_path(config, ledger), batch_size=ledger.batch_size,
-                                 flush_interval=ledger.flush_interval_s, warn_backlog=ledger.warn_backlog)
-        self._roll(time.time())
+        self.prices = Prices(config, settings.default_max_tokens)
+        self._default = Limits(settings.default_budget.daily_usd, settings.default_budget.monthly_usd)
+        self.ledger = build_ledger(config, settings.ledger)
 
         self._tokens = Counter("floodgate_cost_tokens", "Tokens billed by upstreams, by model, key and type "
                                "(prompt includes cached)", ["model", "key", "type"], registry=registry)
@@ -59,19 +71,25 @@ class CostPlugin:
         self._estimated = proxy.LabelCache(Counter(
             "floodgate_cost_estimated", "Requests whose usage the gateway had to estimate", ["model"],
             registry=registry))
+        self._unpriced = proxy.LabelCache(Counter(
+            "floodgate_cost_unpriced", "Requests that used an upstream at a cost the gateway cannot know "
+            "(passthrough, models without a price)", ["key", "kind"], registry=registry))
         self._remaining = proxy.LabelCache(Gauge(
             "floodgate_cost_budget_remaining_usd", "US dollars left in a key's budget for the current period",
             ["key", "period"], registry=registry))
+        self._reserved = proxy.LabelCache(Gauge(
+            "floodgate_cost_budget_reserved_usd", "US dollars reserved by a key's requests in flight",
+            ["key"], registry=registry))
         self._rejected = proxy.LabelCache(Counter(
             "floodgate_cost_budget_rejections", "Requests refused because a budget was used up",
             ["key", "period"], registry=registry))
-        pending = Gauge("floodgate_cost_ledger_pending_rows", "Ledger rows waiting to be written",
+        pending = Gauge("floodgate_cost_ledger_pending_rows", "Ledger rows not yet stored in the database",
                         registry=registry)
         pending.set_function(lambda: self.ledger.pending if self.ledger is not None else 0)
 
     @proxy.hookimpl
     def proxy_add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/-/usage", self._usage_endpoint)
+        app.router.add_get("/-/usage", self._usage)
 
     @proxy.hookimpl
     def proxy_add_commands(self, subparsers: argparse._SubParsersAction) -> None:
@@ -79,17 +97,23 @@ class CostPlugin:
 
         add_usage_command(subparsers)
 
+    async def _usage(self, request: web.Request) -> web.Response:
+        return await usage_endpoint(request, self.ledger, self.clock)
+
     # -- lifecycle -----------------------------------------------------------------
     @proxy.hookimpl
     async def proxy_startup(self, app: web.Application) -> None:
+        """Open the ledger (storing orphaned journals first), then reload this period's spending."""
         if self.ledger is None:
             return
         await self.ledger.open()
-        now = time.time()
-        self._roll(now)
-        for key, (day, month) in (await self.ledger.spent(self._month_start, self._day_start)).items():
-            self._spent_day[key] = day
-            self._spent_month[key] = month
+        now = self.clock.wall()
+        self.budgets.roll(now)
+        spent = await self.ledger.spent(self.budgets.month_start, self.budgets.day_start)
+        if self.shared is not None:
+            await self.shared.load(spent, now)
+        else:
+            self.budgets.load_now(spent, now)
 
     @proxy.hookimpl
     async def proxy_shutdown(self, app: web.Application) -> None:
@@ -98,81 +122,158 @@ class CostPlugin:
 
     # -- per request ---------------------------------------------------------------
     @proxy.hookimpl(tryfirst=True)  # refuse before waiting in a rate-limit queue
-    def proxy_admit(self, ctx: proxy.RequestContext) -> None:
-        principal = ctx.principal
-        daily, monthly = self._limits(principal.policy)
-        if daily is None and monthly is None:
+    def proxy_admit(self, ctx: proxy.RequestContext) -> Awaitable[None] | None:
+        """Reserve the request's maximum cost (0 if unpriced) against the key's budgets; journal
+        its provisional row."""
+        limits = self._limits(ctx.principal.policy)
+        if not limits and self.ledger is None:
+            return None
+        assert self.prices is not None
+        amount = self.prices.maximum(ctx)  # None: unpriced
+        if not limits:
+            self._begin(ctx, amount)
+            return None
+        key = ctx.principal.name
+        if self.shared is not None:
+            return self._reserve_shared(ctx, key, limits, amount)
+        verdict = self.budgets.reserve_now(key, limits, amount or 0.0, self.clock.wall())
+        self._decided(ctx, key, limits, amount, verdict)
+        return None
+
+    def _begin(self, ctx: proxy.RequestContext, amount: float | None) -> None:
+        """The provisional row of an admitted request: if the gateway dies before the request
+        finishes (with its answer perhaps already sent), this row stays, charged its maximum."""
+        if self.ledger is None:
             return
-        now = time.time()
-        if now >= self._day_end:
-            self._roll(now)
-        key = principal.name
-        if daily is not None and self._spent_day.get(key, 0.0) >= daily:
-            self._refuse(key, "day", daily, self._day_end)
-        if monthly is not None and self._spent_month.get(key, 0.0) >= monthly:
-            self._refuse(key, "month", monthly, self._month_end)
+        self._rows += 1
+        row_id = ctx.state[_ROW] = f"{self._row_prefix}{self._rows:x}"
+        route = ctx.route
+        target = route.targets[0] if route is not None and route.targets else None
+        try:
+            self.ledger.begin(Row(
+                row_id, ctx.request_id, self.clock.wall(), ctx.principal.name, ctx.model,
+                target.model if target is not None else None, route.name if route else None, 0,
+                ctx.estimated_prompt_tokens() if ctx.kind is proxy.EndpointKind.MODEL else 0, 0, 0, True,
+                amount or 0.0, 0, 0.0, ctx.endpoint, None, ctx.kind.value, ctx.method, ctx.request_bytes, 0,
+                amount is None))
+        except Exception:  # the ledger observes: it never fails a request
+            log.exception("usage ledger: the provisional row of request %s could not be queued", ctx.request_id)
+
+    async def _reserve_shared(self, ctx: proxy.RequestContext, key: str, limits: Limits,
+                              amount: float | None) -> None:
+        assert self.shared is not None
+        try:
+            verdict = await self.shared.reserve(key, limits, amount or 0.0, self.clock.wall())
+        except Exception as exc:  # a security stage: fail closed
+            log.error("budget store unavailable (%s): budgeted requests are refused", type(exc).__name__)
+            raise proxy.Rejection(503, "The budget service is unavailable; please retry shortly.",
+                                  code="budget_unavailable", type="server_error",
+                                  headers={"retry-after": "1"}) from None
+        self._decided(ctx, key, limits, amount, verdict)
+
+    def _decided(self, ctx: proxy.RequestContext, key: str, limits: Limits, amount: float | None,
+                 verdict: Verdict) -> None:
+        self._limits_seen[key] = limits
+        if verdict.reservation is not None:
+            ctx.state[_STATE] = verdict.reservation
+            self._begin(ctx, amount)
+            if self.shared is None:
+                self._reserved(key).set(self.budgets.spent_now(key, self.clock.wall())[2])
+            return
+        assert verdict.period is not None
+        self._rejected(key, verdict.period).inc()
+        raise self._refusal(key, amount or 0.0, verdict)
 
     @proxy.hookimpl
     def proxy_response(self, ctx: proxy.RequestContext, response: proxy.UpstreamResponse) -> None:
-        ctx.response_headers["x-floodgate-cost-usd"] = f"{self._cost(ctx):.8f}"
+        assert self.prices is not None
+        cost = self.prices.cost(ctx)
+        if cost is not None:
+            ctx.response_headers["x-floodgate-cost-usd"] = f"{cost:.8f}"
 
     @proxy.hookimpl(tryfirst=True)  # ctx.cost must be set before any other observer reads it
-    def proxy_finished(self, ctx: proxy.RequestContext) -> None:
+    def proxy_finished(self, ctx: proxy.RequestContext) -> Awaitable[None] | None:
+        """Journal the row first (the response is out: it must not be lost), then settle and count."""
         if ctx.kind is proxy.EndpointKind.ADMIN:
-            return  # the gateway's own endpoints cost nothing and are not usage
-        now = time.time()
-        if now >= self._day_end:
-            self._roll(now)
-        key = ctx.principal.name
-        target = ctx.target
-        usage = ctx.usage
-        cost = self._cost(ctx)
+            return None  # the gateway's own endpoints cost nothing and are not usage
+        assert self.prices is not None
+        now = self.clock.wall()
+        cost = self.prices.cost(ctx)
         ctx.cost = cost
-        if ctx.reply is None and target is not None and usage is not None and target.model in self._prices:
-            prompt, completion, cached, usd = self._children(target.model, key)
+        key = ctx.principal.name
+        if self.ledger is not None:
+            self.ledger.append(self._row(ctx, now, cost))
+        usd = cost or 0.0
+        target, usage = ctx.target, ctx.usage
+        if cost is None:
+            self._unpriced(key, ctx.kind.value).inc()
+        elif ctx.reply is None and target is not None and usage is not None and target.model != "-":
+            prompt, completion, cached, spent = self._children(target.model, key)
             prompt.inc(usage.prompt_tokens)
             completion.inc(usage.completion_tokens)
             if usage.cached_tokens:
                 cached.inc(usage.cached_tokens)
-            usd.inc(cost)
+            spent.inc(usd)
             if ctx.usage_estimated:
                 self._estimated(target.model).inc()
-        if cost:
-            self._spent_day[key] = self._spent_day.get(key, 0.0) + cost
-            self._spent_month[key] = self._spent_month.get(key, 0.0) + cost
-        self._update_gauges(key, ctx.principal.policy)
-        if self.ledger is not None:
-            route = ctx.route
-            reply = ctx.reply
-            self.ledger.append(Row(
-                ctx.request_id, now, key, ctx.model, target.model if target else None,
-                route.name if route else None, len(ctx.attempts),
-                usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
-                usage.cached_tokens if usage else 0, ctx.usage_estimated, cost, ctx.status,
-                ctx.timings.total * 1000.0, ctx.endpoint, reply.source if reply else None))
+        reservation: Reservation | None = ctx.state.pop(_STATE, None)
+        if self.shared is not None:
+            return self._settle_shared(key, reservation, usd, now) if reservation is not None or usd else None
+        self.budgets.settle_now(key, reservation, usd, now)
+        self._update_gauges(key, ctx.principal.policy, now)
+        return None
+
+    async def _settle_shared(self, key: str, reservation: Reservation | None, cost: float, now: float) -> None:
+        assert self.shared is not None
+        try:
+            await self.shared.settle(key, reservation, cost, now)
+        except Exception as exc:  # an observer: fail open (the lease expires; the ledger has the row)
+            log.error("budget store: settling a request of key %r failed (%s)", key, type(exc).__name__)
 
     # -- helpers ---------------------------------------------------------------------
-    def _cost(self, ctx: proxy.RequestContext) -> float:
-        """The request's cost in USD (0 without an upstream or usage)."""
-        target = ctx.target
-        if ctx.reply is not None or target is None or ctx.usage is None:
-            return 0.0
-        price = self._prices.get(target.model)
-        return price.cost(ctx.usage) if price is not None else 0.0
+    def _row(self, ctx: proxy.RequestContext, now: float, cost: float | None) -> Row:
+        row_id = ctx.state.get(_ROW)
+        if row_id is None:
+            self._rows += 1
+            row_id = f"{self._row_prefix}{self._rows:x}"
+        target, usage, route, reply = ctx.target, ctx.usage, ctx.route, ctx.reply
+        passthrough = ctx.kind is proxy.EndpointKind.PASSTHROUGH
+        return Row(
+            row_id, ctx.request_id, now, ctx.principal.name, ctx.model,
+            None if target is None or passthrough else target.model, route.name if route else None,
+            len(ctx.attempts), usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
+            usage.cached_tokens if usage else 0, ctx.usage_estimated, cost or 0.0, ctx.status,
+            ctx.timings.total * 1000.0, ctx.endpoint, reply.source if reply else None, ctx.kind.value,
+            ctx.method, ctx.request_bytes, ctx.response_bytes, cost is None)
 
-    def _limits(self, policy: proxy.KeyPolicy) -> tuple[float | None, float | None]:
-        """(daily, monthly) budget of a key: its own values, else the plugin's default."""
+    def _limits(self, policy: proxy.KeyPolicy) -> Limits:
+        """A key's caps: its own values, else the plugin's default."""
         budget = policy.budget
         if budget is None:
             return self._default
-        return budget.limit("daily_usd", self._default[0]), budget.limit("monthly_usd", self._default[1])
+        return Limits(budget.limit("daily_usd", self._default.daily),
+                      budget.limit("monthly_usd", self._default.monthly))
 
-    def _refuse(self, key: str, period: str, budget: float, reset: float) -> None:
-        self._rejected(key, period).inc()
+    def _refusal(self, key: str, amount: float, verdict: Verdict) -> proxy.Rejection:
+        period, cap, spent, reserved = verdict.period or DAY, verdict.cap, verdict.spent, verdict.reserved
+        adjective = _ADJECTIVE[period]
+        _, day_end, _, month_end = periods(self.clock.wall())
+        reset = day_end if period == DAY else month_end
         reset_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(reset))
-        raise proxy.Rejection(
-            429, f"Key {key!r} has used up its {_ADJECTIVE[period]} budget of ${budget:.6g}; it resets at {reset_at}.",
-            code="insufficient_quota", type="insufficient_quota", should_retry=False)
+        if spent >= cap:
+            message = f"Key {key!r} has used up its {adjective} budget of ${cap:.6g}; it resets at {reset_at}."
+        elif spent + amount > cap:
+            message = (f"This request may cost up to ${amount:.6g} (estimated prompt and max output tokens at "
+                       f"the route's highest price), more than the ${cap - spent:.6g} left of key {key!r}'s "
+                       f"{adjective} budget of ${cap:.6g}. Lower max_tokens or the prompt; the budget resets "
+                       f"at {reset_at}.")
+        else:  # it fits once requests in flight settle
+            message = (f"Key {key!r}'s {adjective} budget of ${cap:.6g} is reserved by requests in flight "
+                       f"(${reserved:.6g}); please retry shortly.")
+            return proxy.Rejection(429, message, code="insufficient_quota", type="insufficient_quota",
+                                   headers={"retry-after": "1"})
+        return proxy.Rejection(429, message, code="insufficient_quota", type="insufficient_quota",
+                               should_retry=False)
 
     def _children(self, model: str, key: str) -> tuple[Any, Any, Any, Any]:
         """(prompt, completion, cached) token counters and the USD counter: one lookup per request."""
@@ -184,49 +285,22 @@ class CostPlugin:
                 tokens.labels(model, key, "cached"), self._usd.labels(model, key))
         return children
 
-    def _update_gauges(self, key: str, policy: proxy.KeyPolicy) -> None:
+    def _update_gauges(self, key: str, policy: proxy.KeyPolicy, now: float) -> None:
         limits = self._limits(policy)
-        if limits == (None, None):
-            return
-        self._budgets[key] = limits
-        self._set_remaining(key, limits)
+        if limits:
+            self._limits_seen[key] = limits
+        if self.budgets.day_start != self._gauge_day:  # a new period: every key's remaining budget changed
+            self._gauge_day = self.budgets.day_start
+            for other in self._limits_seen:
+                self._set_remaining(other, now)
+        elif limits:
+            self._set_remaining(key, now)
 
-    def _set_remaining(self, key: str, limits: tuple[float | None, float | None]) -> None:
-        daily, monthly = limits
-        if daily is not None:
-            self._remaining(key, "day").set(max(0.0, daily - self._spent_day.get(key, 0.0)))
-        if monthly is not None:
-            self._remaining(key, "month").set(max(0.0, monthly - self._spent_month.get(key, 0.0)))
-
-    def _roll(self, now: float) -> None:
-        """Enter the UTC day (and maybe month) containing ``now``: its spending starts at 0."""
-        day_start, day_end, month_start, month_end = periods(now)
-        if month_start != self._month_start:
-            self._spent_month.clear()
-        if day_start != self._day_start:
-            self._spent_day.clear()
-        self._day_start, self._day_end, self._month_start, self._month_end = day_start, day_end, month_start, month_end
-        for key, limits in self._budgets.items():
-            self._set_remaining(key, limits)
-
-    async def _usage_endpoint(self, request: web.Request) -> web.Response:
-        """``GET /-/usage?since=24h&by=model``: the ledger summary as JSON (admins only).
-
-        A :class:`proxy.Rejection` raised here is answered as OpenAI's JSON error by the core.
-        """
-        await proxy.require_admin(request)
-        by = request.query.get("by", "key")
-        if by not in GROUPS:
-            raise proxy.Rejection(400, f"'by' must be one of: {', '.join(GROUPS)}", param="by",
-                                  code="invalid_value", should_retry=False)
-        since_text = request.query.get("since")
-        try:
-            since = parse_since(since_text) if since_text else None
-        except ValueError as exc:
-            raise proxy.Rejection(400, f"'since': {exc}", param="since", code="invalid_value",
-                                  should_retry=False) from None
-        if self.ledger is None:
-            raise proxy.Rejection(404, "the usage ledger is disabled (plugins.cost.ledger.enabled)",
-                                  code="ledger_disabled", should_retry=False)
-        report = await self.ledger.report(since=since, by=by)
-        return web.Response(body=orjson.dumps(report), content_type="application/json")
+    def _set_remaining(self, key: str, now: float) -> None:
+        limits = self._limits_seen[key]
+        day, month, reserved = self.budgets.spent_now(key, now)
+        if limits.daily is not None:
+            self._remaining(key, "day").set(max(0.0, limits.daily - day))
+        if limits.monthly is not None:
+            self._remaining(key, "month").set(max(0.0, limits.monthly - month))
+        self._reserved(key).set(reserved)

@@ -1,156 +1,38 @@
-"""Tests of the cost plugin (plugins/cost/) over real sockets."""
+"""Tests of the cost plugin (plugins/cost/) over real sockets: prices, ledger rows, budgets, metrics."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
-import functools
-import importlib.metadata
 import logging
-import re
-import sqlite3
 import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any
 
+import aiohttp
 import openai
-import orjson
 import pytest
+from aiohttp import web
+from costkit import (
+    DEEPSEEK,
+    GPT41,
+    MSGS,
+    FaqReply,
+    Finished,
+    KeyAuth,
+    TryInOrder,
+    by_hand,
+    ledger_rows,
+    metric,
+    read_rows,
+    start,
+    until,
+)
 from pydantic import ValidationError
 
 import proxy
 from plugins.cost import CostPlugin
-from plugins.cost import plugin as cost_plugin_module
-from plugins.cost.ledger import Ledger, Row
-from plugins.cost.report import periods
 from proxy.config import config_from_dict
 from proxy.testing import MOCK_MODELS, mock_config
 
 __version__ = "test"  # the loader reads it for /-/plugins (instead of scanning installed packages)
-
-MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is my parcel?"}]
-# Catalogue prices (USD per million tokens) of proxy.testing.MOCK_MODELS, written out by hand.
-GPT41 = {"input": 2.00, "output": 8.00, "cached_input": 0.50}
-DEEPSEEK = {"input": 0.28, "output": 0.42, "cached_input": 0.028}
-
-
-@pytest.fixture(autouse=True)
-def _cached_distributions(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The loader calls importlib.metadata.packages_distributions() (a scan of every installed
-    # package, ~0.2-1 s) for each core plugin of every app built; cache it so this module stays fast.
-    monkeypatch.setattr(importlib.metadata, "packages_distributions", _packages_distributions)
-
-
-_packages_distributions = functools.cache(importlib.metadata.packages_distributions)
-
-
-def by_hand(prices: Mapping[str, float], prompt: int, completion: int, cached: int = 0) -> float:
-    return ((prompt - cached) * prices["input"] + cached * prices["cached_input"]
-            + completion * prices["output"]) / 1_000_000
-
-
-class Finished:
-    """Counts finished requests (runs after the cost plugin), so tests can wait for the observers."""
-
-    name = "test-finished"
-
-    def __init__(self) -> None:
-        self.contexts: list[proxy.RequestContext] = []
-
-    @proxy.hookimpl(trylast=True)
-    def proxy_finished(self, ctx: proxy.RequestContext) -> None:
-        self.contexts.append(ctx)
-
-    async def wait(self, n: int, timeout: float = 5.0) -> None:
-        await until(lambda: len(self.contexts) >= n, timeout)
-
-
-class KeyAuth:
-    """Test auth: ``sk-admin`` is an admin, ``sk-<name>`` is key <name> with ``budgets[name]``."""
-
-    name = "test-auth"
-
-    def __init__(self, budgets: dict[str, Any] | None = None) -> None:
-        self.budgets = budgets if budgets is not None else {}
-
-    @proxy.hookimpl
-    def proxy_authenticate(self, ctx: proxy.RequestContext) -> proxy.Principal:
-        token = ctx.headers.get("Authorization", "").removeprefix("Bearer ")
-        if token == "sk-admin":
-            return proxy.Principal("admin", admin=True)
-        if not token.startswith("sk-"):
-            raise proxy.Rejection(401, "bad key", code="invalid_api_key", should_retry=False)
-        name = token[3:]
-        budget = self.budgets.get(name)
-        return proxy.Principal(name, policy=proxy.KeyPolicy(budget=budget))
-
-
-class FaqReply:
-    name = "test-faq"
-
-    @proxy.hookimpl
-    def proxy_short_circuit(self, ctx: proxy.RequestContext) -> proxy.Reply | None:
-        if "opening hours" in ctx.last_user_text():
-            return proxy.Reply("9 to 5.", source="faq/hours")
-        return None
-
-
-class TryInOrder:
-    """next_attempt: the route's targets in order until one succeeds."""
-
-    name = "test-retry"
-
-    @proxy.hookimpl
-    def proxy_next_attempt(self, ctx: proxy.RequestContext) -> proxy.Attempt | proxy.Stop:
-        if ctx.route is None or (ctx.attempts and ctx.attempts[-1].ok) or len(ctx.attempts) >= len(ctx.route.targets):
-            return proxy.STOP
-        return proxy.Attempt(ctx.route.targets[len(ctx.attempts)])
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.005)
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        conn.row_factory = sqlite3.Row
-        with contextlib.suppress(sqlite3.OperationalError):  # table not created yet
-            return [dict(r) for r in conn.execute("SELECT * FROM usage ORDER BY epoch")]
-    return []
-
-
-async def start(floodgate: Any, tmp_path: Path, *, plugins: tuple[Any, ...] = (),
-                ledger: Mapping[str, Any] | None = None,
-                **settings: Any) -> tuple[Any, CostPlugin, Finished, Path]:
-    db = tmp_path / "usage.db"
-    plugin, finished = CostPlugin(), Finished()
-    block = {"ledger": {"path": str(db), **(ledger or {})}, **settings}
-    gw = await floodgate(plugins=[plugin, *plugins, finished], plugin_settings={"cost": block},
-                         aliases={"cheap": "deepseek-v3.2"})
-    return gw, plugin, finished, db
-
-
-async def ledger_rows(plugin: CostPlugin, db: Path) -> list[dict[str, Any]]:
-    assert plugin.ledger is not None
-    await plugin.ledger.flush()
-    return read_rows(db)
-
-
-def metric(text: str, name: str, **labels: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
-            if found == labels:
-                return float(line.rsplit(" ", 1)[1])
-    return None
-
 
 # -- cost = the mock's usage priced by hand ---------------------------------------------
 
@@ -305,20 +187,27 @@ async def test_short_circuits_and_failures_cost_nothing(floodgate, mock_upstream
 
 # -- budgets -----------------------------------------------------------------------------
 
+def most(body: dict, prices: dict = GPT41) -> float:
+    """The maximum cost the plugin reserves for ``body`` (its max_tokens set)."""
+    return (proxy.estimate_prompt_tokens(body) * prices["input"] + proxy.output_limit(body) * prices["output"]) / 1e6
+
+
 async def test_budget_runs_out_and_the_sdk_does_not_retry(floodgate, mock_upstream, tmp_path):
     auth = KeyAuth()
     gw, plugin, finished, db = await start(floodgate, tmp_path, plugins=(auth,))
     client = gw.openai(api_key="sk-shop", max_retries=2)
-    r = await client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+    r = await client.chat.completions.create(model="gpt-4.1", messages=MSGS, max_tokens=16)
     one = by_hand(GPT41, r.usage.prompt_tokens, r.usage.completion_tokens)
+    top = most({"messages": MSGS, "max_tokens": 16})
+    assert 2 * one > top >= one * 0.5  # the estimate is close to the real count
     await finished.wait(1)
-    auth.budgets["shop"] = {"daily_usd": 2.5 * one}  # room for two more requests (the 3rd overshoots)
+    auth.budgets["shop"] = {"daily_usd": one + 2 * top}  # room for two more reservations, then not a third
     for n in (2, 3):
-        await client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+        await client.chat.completions.create(model="gpt-4.1", messages=MSGS, max_tokens=16)
         await finished.wait(n)
     assert mock_upstream.stats.total == 3
     with pytest.raises(openai.RateLimitError) as info:
-        await client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+        await client.chat.completions.create(model="gpt-4.1", messages=MSGS, max_tokens=16)
     err = info.value
     assert err.code == "insufficient_quota" and err.type == "insufficient_quota"
     assert err.response.headers["x-should-retry"] == "false"
@@ -332,25 +221,41 @@ async def test_budget_runs_out_and_the_sdk_does_not_retry(floodgate, mock_upstre
     assert mock_upstream.stats.total == 4
     await finished.wait(5)
     text = await gw.metrics()
-    assert metric(text, "floodgate_cost_budget_remaining_usd", key="shop", period="day") == 0.0
+    assert metric(text, "floodgate_cost_budget_remaining_usd", key="shop", period="day") == pytest.approx(
+        2 * top - 2 * one)
+    assert metric(text, "floodgate_cost_budget_reserved_usd", key="shop") == 0.0
     assert metric(text, "floodgate_cost_budget_rejections_total", key="shop", period="day") == 1.0
     rows = await ledger_rows(plugin, db)
     assert [r["status"] for r in rows] == [200, 200, 200, 429, 200]
     assert sum(r["cost_usd"] for r in rows if r["key"] == "shop") == pytest.approx(3 * one)
 
 
-async def test_default_budget_and_per_key_override(floodgate, mock_upstream, tmp_path):
-    auth = KeyAuth({"vip": {"daily_usd": None}, "capped": {"monthly_usd": 0}})
-    gw, plugin, finished, db = await start(floodgate, tmp_path, plugins=(auth,),
-                                           default_budget={"daily_usd": 0, "monthly_usd": 1000})
-    with pytest.raises(openai.RateLimitError) as info:
-        await gw.openai(api_key="sk-plain").chat.completions.create(model="gpt-4.1", messages=MSGS)
-    assert info.value.code == "insufficient_quota"
-    await gw.openai(api_key="sk-vip").chat.completions.create(model="gpt-4.1", messages=MSGS)  # null: unlimited
-    with pytest.raises(openai.RateLimitError) as info:  # daily from the default (0), monthly its own
-        await gw.openai(api_key="sk-capped").chat.completions.create(model="gpt-4.1", messages=MSGS)
-    assert "daily budget" in info.value.message
-    assert mock_upstream.stats.total == 1
+async def test_100_concurrent_requests_spend_at_most_the_budget_plus_one_request(floodgate, mock_upstream, tmp_path):
+    mock_upstream.set_behaviour("gpt-4.1", latency_ms=150)  # all 100 are in flight together
+    body = {"messages": MSGS, "max_tokens": 16}
+    top = most(body)
+    budget = 12 * top
+    gw, plugin, finished, db = await start(floodgate, tmp_path, plugins=(KeyAuth({"shop": {"daily_usd": budget}}),))
+    client = gw.openai(api_key="sk-shop")
+
+    async def one() -> int:
+        try:
+            await client.chat.completions.create(model="gpt-4.1", **body)
+            return 200
+        except openai.RateLimitError as exc:
+            assert exc.code == "insufficient_quota"
+            return 429
+
+    statuses = await asyncio.gather(*(one() for _ in range(100)))
+    await finished.wait(100)
+    spent = sum(r["cost_usd"] for r in await ledger_rows(plugin, db))
+    overshoot = spent - budget
+    print(f"\n100 concurrent requests, budget ${budget:.6f} (12 x ${top:.6f}): {statuses.count(200)} answered, "
+          f"spent ${spent:.6f}, overshoot ${overshoot:.6f} ({100 * overshoot / budget:+.1f} %)")
+    assert set(statuses) <= {200, 429}
+    assert statuses.count(200) >= 12  # twelve reservations fit at once; more once requests settle below them
+    assert mock_upstream.stats.total == statuses.count(200)
+    assert spent <= budget + top
 
 
 def test_a_wrong_budget_shape_fails_where_the_policy_is_built():
@@ -368,7 +273,7 @@ async def test_spending_survives_a_restart(floodgate, mock_upstream, tmp_path):
     gw, plugin, finished, db = await start(floodgate, tmp_path, plugins=(KeyAuth(),))
     client = gw.openai(api_key="sk-shop")
     for _ in range(2):
-        r = await client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+        r = await client.chat.completions.create(model="gpt-4.1", messages=MSGS, max_tokens=16)
     one = by_hand(GPT41, r.usage.prompt_tokens, r.usage.completion_tokens)
     await finished.wait(2)
     await gw.client.close()  # graceful shutdown: the ledger is flushed
@@ -379,52 +284,16 @@ async def test_spending_survives_a_restart(floodgate, mock_upstream, tmp_path):
         auth = KeyAuth({"shop": budget})
         gw, plugin, finished, _ = await start(floodgate, tmp_path, plugins=(auth,))
         before = mock_upstream.stats.total
+        create = gw.openai(api_key="sk-shop").chat.completions.create
         if refused:
             with pytest.raises(openai.RateLimitError):
-                await gw.openai(api_key="sk-shop").chat.completions.create(model="gpt-4.1", messages=MSGS)
+                await create(model="gpt-4.1", messages=MSGS, max_tokens=16)
             assert mock_upstream.stats.total == before
         else:
-            await gw.openai(api_key="sk-shop").chat.completions.create(model="gpt-4.1", messages=MSGS)
+            await create(model="gpt-4.1", messages=MSGS, max_tokens=16)
             assert mock_upstream.stats.total == before + 1
         await finished.wait(1)
         await gw.client.close()
-
-
-class ShiftedTime:
-    """The ``time`` module seen by the plugin, ``offset`` seconds in the future."""
-
-    def __init__(self, offset: float) -> None:
-        self.offset = offset
-
-    def time(self) -> float:
-        return time.time() + self.offset
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
-
-async def test_daily_budget_resets_at_utc_midnight_monthly_does_not(floodgate, mock_upstream, tmp_path, monkeypatch):
-    auth = KeyAuth()
-    gw, plugin, finished, db = await start(floodgate, tmp_path, plugins=(auth,), ledger={"enabled": False})
-    client = gw.openai(api_key="sk-shop")
-    r = await client.chat.completions.create(model="gpt-4.1", messages=MSGS)
-    one = by_hand(GPT41, r.usage.prompt_tokens, r.usage.completion_tokens)
-    await finished.wait(1)
-    auth.budgets["shop"] = {"daily_usd": 0.5 * one}
-    with pytest.raises(openai.RateLimitError):
-        await client.chat.completions.create(model="gpt-4.1", messages=MSGS)
-    now = time.time()
-    day_start, day_end, month_start, month_end = periods(now)
-    if month_end - day_end >= 86400:  # tomorrow is in the same month
-        monkeypatch.setattr(cost_plugin_module, "time", ShiftedTime(day_end + 1 - now))
-        await client.chat.completions.create(model="gpt-4.1", messages=MSGS)  # a new day
-        auth.budgets["shop"] = {"monthly_usd": 1.5 * one}  # 2 requests this month
-        with pytest.raises(openai.RateLimitError) as info:
-            await client.chat.completions.create(model="gpt-4.1", messages=MSGS)
-        assert "monthly budget" in info.value.message
-    monkeypatch.setattr(cost_plugin_module, "time", ShiftedTime(month_end + 1 - now))
-    await client.chat.completions.create(model="gpt-4.1", messages=MSGS)  # a new month
-    assert not db.exists()  # ledger disabled: budgets are kept in memory only
 
 
 # -- the ledger ----------------------------------------------------------------------------
@@ -473,173 +342,10 @@ async def test_backlog_warning_keeps_rows(floodgate, mock_upstream, tmp_path, ca
         for _ in range(6):
             await client.chat.completions.create(model="gpt-4.1", messages=MSGS)
         await finished.wait(6)
-    warnings = [r for r in caplog.records if "falling behind" in r.getMessage()]
+    warnings = [r for r in caplog.records if "rows waiting to be stored" in r.getMessage()]
     assert len(warnings) == 1  # once per backlog, not once per row
     await gw.client.close()
     assert len(read_rows(db)) == 6
-
-
-# -- GET /-/usage --------------------------------------------------------------------------
-
-async def test_usage_endpoint_groups_and_requires_admin(floodgate, mock_upstream, tmp_path):
-    gw, plugin, finished, db = await start(floodgate, tmp_path, plugins=(KeyAuth(),))
-    shop, bot = gw.openai(api_key="sk-shop"), gw.openai(api_key="sk-bot")
-    costs = {}
-    for _ in range(2):
-        r = await shop.chat.completions.create(model="gpt-4.1", messages=MSGS)
-        costs["shop"] = costs.get("shop", 0) + by_hand(GPT41, r.usage.prompt_tokens, r.usage.completion_tokens)
-    r = await bot.chat.completions.create(model="cheap", messages=MSGS)
-    costs["bot"] = by_hand(DEEPSEEK, r.usage.prompt_tokens, r.usage.completion_tokens)
-    await finished.wait(3)
-
-    resp = await gw.client.get("/-/usage", headers={"Authorization": "Bearer sk-shop"})
-    assert resp.status == 403
-    assert (await resp.json())["error"]["code"] == "admin_required"
-    resp = await gw.client.get("/-/usage")
-    assert resp.status == 401
-
-    admin = {"Authorization": "Bearer sk-admin"}
-
-    async def usage(**query: str) -> dict[str, Any]:
-        resp = await gw.client.get("/-/usage", params=query, headers=admin)
-        assert resp.status == 200, await resp.text()
-        return await resp.json()
-
-    report = await usage()  # by key by default; rows still pending are flushed first
-    assert report["by"] == "key" and report["since"] is None
-    groups = {g["group"]: g for g in report["groups"]}
-    assert set(groups) == {"shop", "bot"}
-    assert groups["shop"]["requests"] == 2 and groups["bot"]["requests"] == 1
-    assert groups["shop"]["cost_usd"] == pytest.approx(costs["shop"])
-    assert groups["bot"]["cost_usd"] == pytest.approx(costs["bot"])
-    assert report["groups"][0]["group"] == "shop"  # most expensive first
-    assert report["total"]["requests"] == 3
-    assert report["total"]["cost_usd"] == pytest.approx(costs["shop"] + costs["bot"])
-    assert report["total"]["prompt_tokens"] == sum(g["prompt_tokens"] for g in report["groups"])
-
-    assert {g["group"] for g in (await usage(by="model"))["groups"]} == {"gpt-4.1", "deepseek-v3.2"}
-    assert {g["group"] for g in (await usage(by="route"))["groups"]} == {"gpt-4.1", "deepseek-v3.2"}
-    days = (await usage(by="day"))["groups"]
-    assert [g["group"] for g in days] == [time.strftime("%Y-%m-%d", time.gmtime())]
-    assert (await usage(since="1h"))["total"]["requests"] == 3
-    future = await usage(since="2999-01-01")
-    assert future["groups"] == [] and future["total"]["requests"] == 0
-    assert future["since"] == "2999-01-01T00:00:00.000Z"
-
-    for query, param in (({"by": "colour"}, "by"), ({"since": "last tuesday"}, "since")):
-        resp = await gw.client.get("/-/usage", params=query, headers=admin)
-        assert resp.status == 400
-        error = (await resp.json())["error"]
-        assert (error["param"], error["code"], error["type"]) == (param, "invalid_value", "invalid_request_error")
-
-
-async def test_usage_endpoint_without_auth_plugin_and_with_ledger_disabled(floodgate, mock_upstream, tmp_path):
-    gw, plugin, finished, db = await start(floodgate, tmp_path)
-    await gw.openai().chat.completions.create(model="gpt-4.1", messages=MSGS)
-    await finished.wait(1)
-    resp = await gw.client.get("/-/usage")  # no auth plugin: a development setup, open
-    assert (await resp.json())["total"]["requests"] == 1
-
-    gw, plugin, finished, db = await start(floodgate, tmp_path, ledger={"enabled": False})
-    resp = await gw.client.get("/-/usage")
-    assert resp.status == 404
-    assert (await resp.json())["error"]["code"] == "ledger_disabled"
-
-    gw, plugin, finished, db = await start(floodgate, tmp_path, ledger={"path": ":memory:"})
-    await gw.openai().chat.completions.create(model="gpt-4.1", messages=MSGS)
-    await finished.wait(1)
-    resp = await gw.client.get("/-/usage", params={"by": "model"})
-    assert [g["group"] for g in (await resp.json())["groups"]] == ["gpt-4.1"]
-
-
-# -- floodgate usage -----------------------------------------------------------------------
-
-def usage_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="floodgate")
-    sub = parser.add_subparsers(dest="command")
-    CostPlugin().proxy_add_commands(subparsers=sub)
-    args = parser.parse_args(["usage", *argv])
-    return args.func(args)
-
-
-def write_config(tmp_path: Path, ledger_path: str, extra: str = "") -> Path:
-    path = tmp_path / "floodgate.yaml"
-    path.write_text(f"""
-upstreams:
-  main: {{base_url: "http://127.0.0.1:9"}}
-plugins:
-  cost:
-    ledger:
-      path: {ledger_path}
-{extra}""")
-    return path
-
-
-async def fill(db: Path) -> None:
-    ledger = Ledger(str(db))
-    await ledger.open()
-    now = time.time()
-    for i, (key, model, cost) in enumerate([("shop", "gpt-4.1", 0.25), ("shop", "gpt-4.1", 0.5),
-                                            ("bot", "deepseek-v3.2", 0.125)]):
-        ledger.append(Row(f"r{i}", now - 10 + i, key, model, model, model, 1, 1000, 200, 0, i == 2, cost, 200,
-                          12.5, "chat/completions", None))
-    ledger.append(Row("old", now - 30 * 86400, "shop", "gpt-4.1", "gpt-4.1", "gpt-4.1", 1, 1, 1, 0, False, 8.0,
-                      200, 1.0, "chat/completions", None))
-    await ledger.close()
-
-
-async def test_usage_command_table_and_json(tmp_path, capsys, monkeypatch):
-    await fill(tmp_path / "usage.db")
-    monkeypatch.chdir(tmp_path)  # relative ledger paths are relative to the working directory
-    config = write_config(tmp_path, "usage.db")
-
-    assert usage_cli("--config", str(config), "--since", "7d") == 0
-    out = capsys.readouterr().out
-    lines = out.splitlines()
-    assert lines[0].startswith("usage by key since ")
-    header = next(line for line in lines if line.startswith("key"))
-    assert header.split() == ["key", "requests", "prompt", "tokens", "completion", "tokens", "cost", "USD", "estimated"]
-    assert re.search(r"^shop\s+2\s+2,000\s+400\s+0\.750000\s+0$", out, re.M)
-    assert re.search(r"^bot\s+1\s+1,000\s+200\s+0\.125000\s+1$", out, re.M)
-    assert re.search(r"^total\s+3\s+3,000\s+600\s+0\.875000\s+1$", out, re.M)
-
-    assert usage_cli("--config", str(config), "--by", "model") == 0  # all time: the old row counts
-    out = capsys.readouterr().out
-    assert re.search(r"^gpt-4\.1\s+3\s+2,001\s+401\s+8\.750000\s+0$", out, re.M)
-
-    assert usage_cli("--config", str(config), "--by", "day", "--json") == 0
-    report = orjson.loads(capsys.readouterr().out)
-    assert report["by"] == "day" and len(report["groups"]) == 2
-    assert report["total"] == {"requests": 4, "prompt_tokens": 3001, "completion_tokens": 601, "cached_tokens": 0,
-                               "cost_usd": 8.875, "estimated": 1}
-
-
-async def test_usage_command_reads_what_the_gateway_wrote(floodgate, mock_upstream, tmp_path, capsys):
-    gw, plugin, finished, db = await start(floodgate, tmp_path)
-    r = await gw.openai().chat.completions.create(model="gpt-4.1", messages=MSGS)
-    await finished.wait(1)
-    await gw.client.close()
-    assert usage_cli("--config", str(write_config(tmp_path, str(db))), "--json") == 0
-    report = orjson.loads(capsys.readouterr().out)
-    assert report["groups"][0]["group"] == "anonymous"
-    assert report["total"]["prompt_tokens"] == r.usage.prompt_tokens
-    expected = by_hand(GPT41, r.usage.prompt_tokens, r.usage.completion_tokens)
-    assert report["total"]["cost_usd"] == pytest.approx(expected)
-
-
-def test_usage_command_errors(tmp_path, capsys):
-    config = write_config(tmp_path, str(tmp_path / "none.db"))
-    assert usage_cli("--config", str(config)) == 1
-    assert "no usage ledger at" in capsys.readouterr().err
-    config = write_config(tmp_path, str(tmp_path / "missing" / "u.db"))
-    assert usage_cli("--config", str(config)) == 1
-    assert "plugins.cost.ledger.path: directory" in capsys.readouterr().err
-    config = write_config(tmp_path, "x.db", extra="    colour: red\n")
-    assert usage_cli("--config", str(config)) == 1
-    assert "plugins.cost.colour: unknown key" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        usage_cli("--config", str(config), "--since", "whenever")
-    assert "neither a date" in capsys.readouterr().err
 
 
 # -- metrics and config ----------------------------------------------------------------------
@@ -708,3 +414,43 @@ def test_plugin_loads_by_dotted_path():
     from proxy.loader import load_object
     plugin = load_object("plugins.cost")
     assert isinstance(plugin, CostPlugin) and plugin.name == "cost"
+
+
+async def files_upstream(request: web.Request) -> web.Response:
+    """A provider's ``/v1/files``: answers the bytes it received."""
+    body = await request.read()
+    return web.json_response({"id": "file-abc", "object": "file", "bytes": len(body)})
+
+
+async def test_passthrough_requests_get_a_row_marked_unpriced(floodgate, aiohttp_server, tmp_path):
+    upstream = web.Application()
+    upstream.router.add_route("*", "/{tail:.*}", files_upstream)
+    server = await aiohttp_server(upstream)
+    plugin, finished, db = CostPlugin(), Finished(), tmp_path / "usage.db"
+    config = mock_config(str(server.make_url("/v1")), plugin_settings={"cost": {"ledger": {"path": str(db)}}})
+    gw = await floodgate(config, plugins=[plugin, KeyAuth(), finished])
+    upload = aiohttp.FormData()
+    upload.add_field("purpose", "batch")
+    upload.add_field("file", b'{"custom_id": "1"}\n' * 100, filename="batch.jsonl")
+    resp = await gw.client.post("/v1/files", data=upload, headers={"Authorization": "Bearer sk-shop"})
+    sent = resp.status, len(await resp.read())
+    resp = await gw.client.get("/v1/files/file-abc?limit=5", headers={"Authorization": "Bearer sk-shop"})
+    got = resp.status, len(await resp.read())
+    resp = await gw.client.get("/-/usage", headers={"Authorization": "Bearer sk-admin"})  # admin: not usage
+    assert resp.status == 200
+    await finished.wait(3)
+    upload_row, get_row = await ledger_rows(plugin, db)
+    assert (upload_row["kind"], upload_row["method"], upload_row["endpoint"], upload_row["key"]) == (
+        "passthrough", "POST", "files", "shop")
+    assert (upload_row["status"], upload_row["response_bytes"]) == sent
+    assert upload_row["request_bytes"] > 1900  # the multipart body as streamed upstream
+    assert (get_row["method"], get_row["endpoint"], get_row["request_bytes"]) == ("GET", "files/file-abc", 0)
+    assert (get_row["status"], get_row["response_bytes"]) == got == (200, got[1])
+    for row in (upload_row, get_row):
+        assert row["unpriced"] == 1 and row["cost_usd"] == 0.0 and row["model"] is None and row["attempts"] == 1
+    assert [c.cost for c in finished.contexts[:2]] == [None, None]  # unknown, not free
+    text = await gw.metrics()
+    assert metric(text, "floodgate_cost_unpriced_total", key="shop", kind="passthrough") == 2.0
+    report = await (await gw.client.get("/-/usage", params={"by": "kind"},
+                                         headers={"Authorization": "Bearer sk-admin"})).json()
+    assert [(g["group"], g["requests"], g["unpriced"]) for g in report["groups"]] == [("passthrough", 2, 2)]

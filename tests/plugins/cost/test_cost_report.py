@@ -24,5 +24,14 @@ def test_parse_since():
     assert parse_since("2026-11-01", now) == 1_793_491_200.0  # midnight UTC
     assert parse_since("2026-11-01T12:00", now) == 1_793_491_200.0 + 43200
     assert parse_since("2026-11-01T12:00:00+02:00", now) == 1_793_491_200.0 + 36000
-    with pytest.raises(ValueError, match="neither a date"):
+    with pytest.raises(ValueError, match="is not a date"):
         parse_since("yesterday", now)
+
+
+@pytest.mark.parametrize("text", ["999999999999d", "99999999999999999999999h", "1e400d", "nan", "NaN", "inf",
+                                  "-5d", "0001-01-01", "1969-12-31T23:59:59Z", "9999-12-31T23:59:59-05:00",
+                                  "2026-13-01", "2026-02-30", "x" * 10_000, "\x00", "7 d d"])
+def test_parse_since_refuses_what_is_no_instant_between_1970_and_9999(text):
+    with pytest.raises(ValueError) as info:
+        parse_since(text, 1_800_000_000.0)
+    assert len(str(info.value)) < 200  # the value is shortened, never echoed whole

@@ -1,0 +1,56 @@
+"""What a request costs, and the most it may cost (what admission reserves)."""
+
+from __future__ import annotations
+
+import proxy
+
+__all__ = ["Prices"]
+
+
+class Prices:
+    """The catalogue's prices, and the two questions the plugin asks of them.
+
+    A model whose catalogue entry has no price is *unpriced*: its requests cost an
+    unknown amount (``None``), never a made-up one.
+    """
+
+    def __init__(self, config: proxy.Config, default_max_tokens: int) -> None:
+        self._config = config
+        self._prices: dict[str, proxy.Price | None] = {name: config.price(name) for name in config.models}
+        self.default_max_tokens = default_max_tokens
+
+    def price(self, model: str) -> proxy.Price | None:
+        if model in self._prices:
+            return self._prices[model]
+        return self._config.price(model)
+
+    def cost(self, ctx: proxy.RequestContext) -> float | None:
+        """The request's cost in USD; ``None`` when an upstream was used and the cost is unknown
+        (passthrough, an unpriced model). Short-circuits and failed or refused requests cost 0."""
+        if ctx.kind is proxy.EndpointKind.PASSTHROUGH:
+            return None if ctx.attempts else 0.0
+        target = ctx.target
+        if ctx.reply is not None or target is None or ctx.usage is None:
+            return 0.0
+        price = self.price(target.model)
+        return price.cost(ctx.usage) if price is not None else None
+
+    def maximum(self, ctx: proxy.RequestContext) -> float | None:
+        """The most the request may cost: estimated prompt × input price + its output limit ×
+        output price, at the dearest of the route's priced targets (a fallback may cost more),
+        each target with its own overrides. ``None`` when no target is priced (or no route)."""
+        route = ctx.route
+        if route is None:
+            return None
+        prompt = ctx.estimated_prompt_tokens()
+        highest: float | None = None
+        for target in route.targets:
+            price = self.price(target.model)
+            if price is None:
+                continue
+            tokens, output = proxy.request_token_bounds(ctx.body, ctx.endpoint, target.overrides,
+                                                        self.default_max_tokens, prompt=prompt)
+            cost = (tokens * price.input + output * price.output) / 1_000_000
+            if highest is None or cost > highest:
+                highest = cost
+        return highest
