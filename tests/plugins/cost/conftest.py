@@ -18,10 +18,6 @@ PG_DSN = os.environ.get("FLOODGATE_TEST_PG", "postgresql://postgres@127.0.0.1:54
 REDIS_URL = os.environ.get("FLOODGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "e2e: end-to-end test that spawns processes (slower than a second)")
-
-
 @pytest.fixture
 async def pg_schema() -> AsyncIterator[str]:
     """A fresh PostgreSQL schema name (dropped with everything in it after the test)."""
