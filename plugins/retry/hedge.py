@@ -8,8 +8,9 @@ percentile of the model's recent times to the first meaningful event (the last
 ``min_samples`` are in, ``p95`` hedges nothing.
 
 The extra load is capped by ``max_ratio``: each request to an opted-in model earns
-that model ``max_ratio`` of a hedge, each hedge spends one, and at most
-:data:`CREDIT_CAP` can be saved up — so hedges never exceed ``max_ratio`` × requests.
+that model ``max_ratio`` of a hedge, each hedge spends one, and at most the
+hedges of :data:`SAVED_REQUESTS` requests can be saved up (a burst after a quiet
+period stays small) — so hedges never exceed ``max_ratio`` × requests.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import proxy
 
 from .settings import HedgeSettings
 
-__all__ = ["CREDIT_CAP", "RESORT_EVERY", "WINDOW", "HedgePolicy", "LatencyWindow"]
+__all__ = ["RESORT_EVERY", "SAVED_REQUESTS", "WINDOW", "HedgePolicy", "LatencyWindow"]
 
 WINDOW = 200
 RESORT_EVERY = 20
-CREDIT_CAP = 3.0
+SAVED_REQUESTS = 100
 _ONE = 1.0 - 1e-9  # ten tenths make one hedge, whatever the float sum says
 
 
@@ -64,6 +65,7 @@ class HedgePolicy:
         self.enabled = bool(self.models or self.routes)
         self.windows: dict[tuple[str, bool], LatencyWindow] = {}
         self.credits: dict[str, float] = {}
+        self.credit_cap = max(1.0, SAVED_REQUESTS * settings.max_ratio)
         self.skipped = proxy.LabelCache(Counter(
             "floodgate_retry_hedges_skipped", "Slow attempts not hedged, by reason "
             "(budget: max_ratio spent; no_target: nothing to send)", ["model", "reason"], registry=registry))
@@ -74,12 +76,10 @@ class HedgePolicy:
 
     def earn(self, model: str) -> None:
         """A request to an opted-in model: it earns ``max_ratio`` of a hedge."""
-        self.credits[model] = min(CREDIT_CAP, self.credits.get(model, 0.0) + self.settings.max_ratio)
+        self.credits[model] = min(self.credit_cap, self.credits.get(model, 0.0) + self.settings.max_ratio)
 
     def after(self, model: str, stream: bool) -> float | None:
         """Seconds before an attempt on ``model`` is hedged, or ``None`` (not now)."""
-        if self.credits.get(model, 0.0) < _ONE:
-            return None  # would be refused anyway: spare the core the race
         settings = self.settings
         if not isinstance(settings.after_ms, float):  # "p95"
             window = self.windows.get((model, stream))

@@ -68,15 +68,18 @@ async def _stream(request: web.Request, state: _State, b: ModelBehaviour, head: 
     tps = _tps(state, b)
     loop = asyncio.get_running_loop()
     start = loop.time()
-    for i, frame in enumerate(body):
-        if i == cut:
-            break
-        if i == stall:
-            await _hang(request)  # silent until the client leaves
-            return resp
-        if tps > 0:  # pace against a schedule so sleeps don't accumulate drift
-            await asyncio.sleep(max(0.0, start + (i + 1) / tps - loop.time()))
-        await resp.write(frame)
+    try:
+        for i, frame in enumerate(body):
+            if i == cut:
+                break
+            if i == stall:
+                await _hang(request)  # silent until the client leaves
+                return resp
+            if tps > 0:  # pace against a schedule so sleeps don't accumulate drift
+                await asyncio.sleep(max(0.0, start + (i + 1) / tps - loop.time()))
+            await resp.write(frame)
+    except ConnectionResetError:
+        return resp  # the client left (a gateway cancelling a hedge race's loser)
     if cut is not None:
         if request.transport is not None:
             request.transport.close()  # flushes what was written, then drops the connection

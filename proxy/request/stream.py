@@ -66,6 +66,8 @@ class Watchdog:
         """From now on, also bound the gap between events."""
         self.stall = stall
         self.touch()
+        self._handle.cancel()
+        self._handle = self._loop.call_at(self._due(), self._check)
 
     def _check(self) -> None:
         now = self._loop.time()
