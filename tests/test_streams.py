@@ -263,3 +263,18 @@ async def test_stream_ending_without_done_is_complete_after_a_finish(floodgate, 
         async for _ in stream:
             pass
     assert "before a finish_reason" in caught.value.message
+
+
+async def test_held_events_are_bounded(floodgate, scripted):
+    gw = await floodgate(config=scripted.config())
+    role = (b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4.1",'
+            b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n')
+    body = {"model": "gpt-4.1", "messages": MSGS, "stream": True}
+    scripted.answer([role] * 10)  # a few held events, then the end: nothing was sent, a real status
+    resp = await gw.client.post("/v1/chat/completions", json=body)
+    assert resp.status == 502 and "before any content" in (await resp.json())["error"]["message"]
+    scripted.answer([role] * 100)  # past the bound: committed as it is, memory stays bounded
+    resp = await gw.client.post("/v1/chat/completions", json=body)
+    text = await resp.read()
+    assert resp.status == 200 and text.count(b'"role":"assistant"') == 100
+    assert b"upstream_stream_error" in text.split(b"\n\n")[-2]  # the last event: the stream was incomplete
