@@ -300,7 +300,10 @@ def proxy_finished(ctx: RequestContext) -> None:
     Runs exactly once per request whatever happened: success, short-circuit,
     rejection, upstream failure or client disconnect (``ctx.client_disconnected``).
     ``ctx.status``, ``ctx.usage`` (``ctx.usage_estimated`` when it had to be
-    estimated), ``ctx.attempts`` and ``ctx.timings`` are final. Observers live
+    estimated), ``ctx.attempts`` and ``ctx.timings`` are final. ``ctx.attempts``
+    holds every try, a hedge race's loser included (``hedged``,
+    ``error="cancelled"``, its own estimated ``usage``); ``ctx.target`` is the
+    model that answered. Observers live
     here (cost, metrics, logs). An exception is logged and changes nothing.
     May be async.
     """
