@@ -142,6 +142,18 @@ def full_config(upstream_url: str, ledger_path: str | Path, *, pool_size: int = 
     return config
 
 
+#: The flaky phase's fixed hedging delay: about twice its upstream's normal time to the first token.
+HEDGE_AFTER_MS = 400.0
+
+
+def hedged_config(upstream_url: str, ledger_path: str | Path, *, after_ms: float | str) -> dict[str, Any]:
+    """The full chain with its ``simple`` route (the load's) hedged by the route's fallback."""
+    config = full_config(upstream_url, ledger_path)
+    config["plugins"]["retry"]["hedge"] = {"routes": ["simple"], "after_ms": after_ms, "min_after_ms": 250,
+                                           "max_ratio": 0.1, "to": "next"}
+    return config
+
+
 def _auth(count: int) -> dict[str, Any]:
     entries: list[dict[str, Any]] = []
     for i in range(count):
@@ -293,8 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, data in (("noplugins", noplugins_config(args.upstream)),
-                       ("full", full_config(args.upstream, out / f"{args.prefix}usage.db"))):
+    ledger = out / f"{args.prefix}usage.db"
+    for name, data in (("noplugins", noplugins_config(args.upstream)), ("full", full_config(args.upstream, ledger)),
+                       ("hedged", hedged_config(args.upstream, ledger, after_ms=HEDGE_AFTER_MS)),
+                       ("hedged-p95", hedged_config(args.upstream, ledger, after_ms="p95"))):
         print(write(validated(data), out / f"{args.prefix}{name}.yaml"))
     print(f"load key (shop-{LOAD_KEY_INDEX:04d}): {load_key()}")
     return 0

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import configs  # noqa: E402
+from bench import configs, flaky  # noqa: E402
 from bench.procs import (  # noqa: E402
     Processes,
     cpu_snapshot,
@@ -63,8 +63,8 @@ from bench.report import (  # noqa: E402
 )
 
 CHAT_PATH = "/v1/chat/completions"
-PHASES = ("throughput", "latency", "stream", "festival", "memory")
-DEFAULT_PHASES = ("throughput", "latency", "stream", "festival")
+PHASES = ("throughput", "latency", "stream", "festival", "flaky", "memory")
+DEFAULT_PHASES = ("throughput", "latency", "stream", "festival", "flaky")
 # The mock of the throughput, latency and memory phases: zero latency, short answers.
 FAST_MOCK = ("--tps", "0", "--completion-tokens", "16")
 
@@ -373,6 +373,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--festival-tps", type=float, default=0.0,
                    help="tokens/s of the festival answers; 0 (default) = all at once after the latency "
                         "(at 80, even the bare forwarder cannot relay 500 streams/s on one core here)")
+    p.add_argument("--flaky-rate", type=float, default=50.0, help="flaky phase: streams/s (default 50)")
+    p.add_argument("--flaky-duration", type=float, help="flaky phase: seconds per target (default 30; --quick 10)")
+    p.add_argument("--flaky-slow-share", type=float, default=0.05, help="share of slow first tokens (0.05)")
+    p.add_argument("--flaky-slow-ms", type=float, default=3000.0, help="how late they are (3000 ms)")
+    p.add_argument("--flaky-break-share", type=float, default=0.01,
+                   help="share of streams dying after the role chunk (0.01)")
     p.add_argument("--memory", action="store_true", help="also run the (slow) memory check")
     p.add_argument("--memory-requests", type=int, help="requests for the memory check (default 200000)")
     p.add_argument("--only", help=f"comma-separated phases: {', '.join(PHASES)}")
@@ -386,6 +392,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     q = args.quick
     defaults = {"rounds": 1 if q else 3, "duration": 3.0 if q else 10.0, "latency_requests": 300 if q else 2000,
                 "streams": 10 if q else 30, "festival_duration": 10.0 if q else 60.0,
+                "flaky_duration": 10.0 if q else 30.0,
                 "memory_requests": 20_000 if q else 200_000}
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -400,7 +407,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     bounds = {"rounds": (1, 20), "duration": (1, 300), "concurrency": (1, 1024), "latency_requests": (10, 100_000),
               "streams": (1, 1000), "festival_rate": (1, 5000), "festival_duration": (1, 600),
               "festival_tokens": (1, 2000), "festival_tps": (0, 100_000), "stream_tps": (0, 100_000),
-              "memory_requests": (100, 2_000_000)}
+              "memory_requests": (100, 2_000_000), "flaky_rate": (1, 1000), "flaky_duration": (1, 600),
+              "flaky_slow_share": (0, 1), "flaky_break_share": (0, 1), "flaky_slow_ms": (0, 60_000)}
     for key, (low, high) in bounds.items():
         if not low <= getattr(args, key) <= high:
             p.error(f"--{key.replace('_', '-')} must be within {low}..{high}")
@@ -434,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.phase_stream()
         if "festival" in phases:
             bench.phase_festival()
+        if "flaky" in phases:
+            flaky.run(bench)
         if "memory" in phases:
             bench.phase_memory()
     except KeyboardInterrupt:
@@ -449,6 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.results["loadavg_end"] = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None
     if any(k in bench.results for k in PHASES):
         text = Report(bench.results, rounds=args.rounds, pinned=bench.pin).render()
+        if "flaky" in bench.results:
+            text += "\n\n" + flaky.render(bench.results["flaky"])
         print(text)
         bench.results["report"] = text
     if args.json:

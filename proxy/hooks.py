@@ -23,7 +23,7 @@ import pluggy
 from . import hookspecs
 from .errors import ConfigError, ConfigErrors, Rejection
 from .hookspecs import MODES
-from .types import Attempt, Principal, Reply, RequestContext, Route, Stop, StreamChunk, UpstreamResponse
+from .types import Attempt, AttemptRecord, Principal, Reply, RequestContext, Route, Stop, StreamChunk, UpstreamResponse
 
 if TYPE_CHECKING:
     import argparse
@@ -115,6 +115,13 @@ class Hooks:
                 results.append(result)
         return results
 
+    def _first_sync(self, name: str, kwargs: dict[str, Any]) -> Any:
+        for impl in self._impls[name]:
+            result = impl.fn(*[kwargs[a] for a in impl.argnames])
+            if result is not None:
+                return result
+        return None
+
     async def _observe(self, name: str, kwargs: dict[str, Any]) -> None:
         for impl in self._impls[name]:
             try:
@@ -202,6 +209,14 @@ class Hooks:
     async def next_attempt(self, ctx: RequestContext) -> Attempt | Stop | None:
         result = await self._first("proxy_next_attempt", {"ctx": ctx})
         return self._checked("proxy_next_attempt", result, (Attempt, Stop))
+
+    async def hedge(self, ctx: RequestContext, attempt: AttemptRecord) -> Attempt | None:
+        result = await self._first("proxy_hedge", {"ctx": ctx, "attempt": attempt})
+        return self._checked("proxy_hedge", result, Attempt)
+
+    def overloaded(self, ctx: RequestContext) -> str | None:
+        result = self._first_sync("proxy_overloaded", {"ctx": ctx})
+        return self._checked("proxy_overloaded", result, str)
 
     async def response(self, ctx: RequestContext, response: UpstreamResponse) -> None:
         await self._all("proxy_response", {"ctx": ctx, "response": response})

@@ -38,7 +38,17 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from .config import Config, UpstreamSettings
-    from .types import Attempt, Principal, Reply, RequestContext, Route, Stop, StreamChunk, UpstreamResponse
+    from .types import (
+        Attempt,
+        AttemptRecord,
+        Principal,
+        Reply,
+        RequestContext,
+        Route,
+        Stop,
+        StreamChunk,
+        UpstreamResponse,
+    )
 
 PROJECT = "floodgate"
 _pluggy_spec = pluggy.HookspecMarker(PROJECT)
@@ -223,8 +233,43 @@ def proxy_next_attempt(ctx: RequestContext) -> Attempt | Stop | None:
     (empty on the first call). Return :class:`proxy.Attempt` (a target and a
     delay in seconds), :data:`proxy.STOP` to end with the last outcome, or
     ``None`` to defer. The core's ``trylast`` default tries the route's first
-    target once. For streams it is only asked before the first byte has been
-    sent to the client. May be async.
+    target once. For streams it is only asked before the response is committed
+    (before its first meaningful event was sent to the client). Set the
+    attempt's ``hedge_after`` to have a slow attempt raced (``proxy_hedge``).
+    May be async.
+    """
+
+
+@spec(Mode.FIRST, may_be_async=True)
+def proxy_hedge(ctx: RequestContext, attempt: AttemptRecord) -> Attempt | None:
+    """An attempt is slow to answer: what to race alongside it. Stops at the first non-``None``.
+
+    Called at most once per attempt returned by ``proxy_next_attempt`` with a
+    ``hedge_after``, when it has had no meaningful answer (a stream event carrying
+    content, a tool call, a refusal or a finish; a whole non-streaming answer)
+    ``hedge_after`` seconds after it was sent — and only while no plugin says it is
+    overloaded (``proxy_overloaded``). ``attempt`` is its record, still in flight
+    (the last of ``ctx.attempts``).
+
+    Return an :class:`proxy.Attempt` to send now alongside it (its ``delay`` is
+    ignored, its ``timeout`` applies), or ``None`` to keep waiting for the first
+    alone. The first of the two to answer is committed to the client; the other is
+    cancelled and stays in ``ctx.attempts`` with ``error="cancelled"`` and an
+    estimated ``usage``. Both records are marked ``hedged``, the extra one also
+    ``hedge``. If both fail, ``proxy_next_attempt`` is asked as after any failure.
+    May be async.
+    """
+
+
+@spec(Mode.FIRST, may_be_async=False)
+def proxy_overloaded(ctx: RequestContext) -> str | None:
+    """Whether this plugin is holding load back right now. Stops at the first non-``None``.
+
+    Return a short reason (e.g. ``"ratelimit queue"``) while admission is queueing
+    or shedding requests, ``None`` otherwise. While any plugin answers, the core
+    adds no optional load: a slow attempt is not hedged (``proxy_hedge`` is not
+    asked). Called only when optional load is considered, synchronously: keep it
+    a field read.
     """
 
 
@@ -255,7 +300,10 @@ def proxy_finished(ctx: RequestContext) -> None:
     Runs exactly once per request whatever happened: success, short-circuit,
     rejection, upstream failure or client disconnect (``ctx.client_disconnected``).
     ``ctx.status``, ``ctx.usage`` (``ctx.usage_estimated`` when it had to be
-    estimated), ``ctx.attempts`` and ``ctx.timings`` are final. Observers live
+    estimated), ``ctx.attempts`` and ``ctx.timings`` are final. ``ctx.attempts``
+    holds every try, a hedge race's loser included (``hedged``,
+    ``error="cancelled"``, its own estimated ``usage``); ``ctx.target`` is the
+    model that answered. Observers live
     here (cost, metrics, logs). An exception is logged and changes nothing.
     May be async.
     """

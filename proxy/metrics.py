@@ -12,7 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .hookspecs import hookimpl
-from .types import EndpointKind, RequestContext
+from .types import AttemptRecord, EndpointKind, RequestContext
 
 # Proxy overhead is sub-millisecond when healthy: fine buckets at the low end.
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
@@ -58,8 +58,24 @@ class CoreMetrics:
             "floodgate_upstream_duration_seconds", "Duration of each upstream attempt",
             ["upstream", "model", "outcome"], buckets=LATENCY_BUCKETS, registry=registry))
         self.ttft = LabelCache(Histogram(
-            "floodgate_time_to_first_token_seconds", "Streams: time from request received to first event sent",
+            "floodgate_time_to_first_token_seconds", "Streams: time from request received to the commit "
+            "(the first meaningful event sent to the client)", ["model"], buckets=LATENCY_BUCKETS, registry=registry))
+        self.first_event = LabelCache(Histogram(
+            "floodgate_upstream_first_event_seconds", "Streams: time from sending an attempt to its first "
+            "meaningful event (content, a tool call, a refusal or a finish)",
             ["model"], buckets=LATENCY_BUCKETS, registry=registry))
+        self.stalls = LabelCache(Counter(
+            "floodgate_stream_stalls", "Streams whose upstream went silent for longer than the stall timeout, "
+            "before the commit (failed over) or after it (ended with an error event)",
+            ["model", "phase"], registry=registry))
+        self.discarded = LabelCache(Counter(
+            "floodgate_stream_held_events_discarded", "Events held before the commit and discarded because "
+            "the attempt failed", ["model"], registry=registry))
+        self.hedges = LabelCache(Counter(
+            "floodgate_hedges", "Hedged attempts sent (raced against a slow attempt of the same request)",
+            ["model"], registry=registry))
+        self.hedge_wins = LabelCache(Counter(
+            "floodgate_hedge_wins", "Hedged attempts that answered first", ["model"], registry=registry))
         self.in_flight = Gauge("floodgate_in_flight_requests", "Requests being handled now", registry=registry)
         self.loop_lag = Histogram(
             "floodgate_event_loop_lag_seconds", "How late the event loop ran a timer due now: time requests "
@@ -84,7 +100,22 @@ class CoreMetrics:
         self.duration(endpoint).observe(ctx.timings.total)
         self.overhead(endpoint).observe(ctx.timings.overhead)
         for attempt in ctx.attempts:
+            model = attempt.target.model
             outcome = "ok" if attempt.ok else attempt.error or "error"
-            self.upstream(attempt.target.upstream, attempt.target.model, outcome).observe(attempt.duration)
+            self.upstream(attempt.target.upstream, model, outcome).observe(attempt.duration)
+            if ctx.stream:
+                self._stream_attempt(model, attempt)
+            if attempt.hedge:
+                self.hedges(model).inc()
+                if attempt.committed:
+                    self.hedge_wins(model).inc()
         if ctx.stream and ctx.timings.first_byte is not None and target is not None:
             self.ttft(target.model).observe(ctx.timings.first_byte - ctx.timings.received)
+
+    def _stream_attempt(self, model: str, attempt: AttemptRecord) -> None:
+        if attempt.first_event is not None:
+            self.first_event(model).observe(attempt.first_event - attempt.started)
+        if attempt.error == "stall":
+            self.stalls(model, "after_commit" if attempt.committed else "before_commit").inc()
+        if attempt.discarded:
+            self.discarded(model).inc(attempt.discarded)

@@ -114,13 +114,18 @@ class Route:
 class Attempt:
     """What to try next: ``target`` after waiting ``delay`` seconds.
 
-    :param timeout: caps this try's first-byte and total timeouts (seconds), e.g.
-        to keep it inside a request's overall deadline; ``None`` uses the config's.
+    :param timeout: caps this try's timeouts (seconds), e.g. to keep it inside a
+        request's overall deadline; ``None`` uses the config's.
+    :param hedge_after: seconds after sending: if no meaningful answer has come by
+        then (see :attr:`AttemptRecord.first_event`), the core asks ``proxy_hedge``
+        for an attempt to race alongside this one; the first to answer wins, the
+        other is cancelled. ``None``: no hedging.
     """
 
     target: Target
     delay: float = 0.0
     timeout: float | None = None
+    hedge_after: float | None = None
 
 
 class Stop:
@@ -143,13 +148,27 @@ STOP: Final = Stop()
 
 @dataclass(slots=True)
 class AttemptRecord:
-    """The outcome of one upstream try, appended to ``ctx.attempts``.
+    """The outcome of one upstream try, appended to ``ctx.attempts`` when it starts.
 
     :param status: the upstream's HTTP status, or ``None`` when no response came.
     :param error: ``None`` on success; else one of ``"http"`` (a non-2xx status),
-        ``"timeout"``, ``"connect"`` (connection refused/reset), ``"invalid_body"``
-        (not JSON, truncated, broken stream), ``"circuit_open"``.
+        ``"timeout"`` (``first_byte`` or ``total``), ``"stall"`` (no stream event
+        within ``stall``), ``"connect"`` (connection refused/reset),
+        ``"invalid_body"`` (not JSON, truncated, broken stream, an error event),
+        ``"protocol"`` (an answer of the wrong kind, e.g. no SSE stream for a stream
+        request: deterministic), ``"cancelled"`` (a hedge race's loser, or the
+        client left), ``"circuit_open"``.
     :param retry_after: the upstream's ``Retry-After`` in seconds, if it sent one.
+    :param first_event: ``time.perf_counter()`` when its first meaningful answer came:
+        a stream's first event carrying content, a tool call, a refusal or a finish;
+        a non-streaming answer read whole. ``None`` if it never came.
+    :param committed: its answer is the one the client got (the 200 went out with it).
+    :param usage: this attempt's token usage: reported by the upstream, or estimated
+        (``usage_estimated``) for a stream cut short or a hedge race's loser, which the
+        upstream saw and bills. The answering attempt's equals ``ctx.usage``.
+    :param hedged: it ran concurrently with another attempt of the same request
+        (a hedged pair: both are marked); ``hedge``: it was the extra one.
+    :param discarded: events held before commitment and thrown away when it failed.
     """
 
     target: Target
@@ -159,6 +178,13 @@ class AttemptRecord:
     error: str | None = None
     detail: str = ""
     retry_after: float | None = None
+    first_event: float | None = None
+    committed: bool = False
+    usage: Usage | None = None
+    usage_estimated: bool = False
+    hedged: bool = False
+    hedge: bool = False
+    discarded: int = 0
 
     @property
     def ok(self) -> bool:
@@ -167,6 +193,11 @@ class AttemptRecord:
     @property
     def duration(self) -> float:
         return max(0.0, self.ended - self.started)
+
+    @property
+    def time_to_first_event(self) -> float | None:
+        """Seconds from sending to the first meaningful answer, if it came."""
+        return None if self.first_event is None else self.first_event - self.started
 
 
 @dataclass(slots=True)
@@ -263,8 +294,13 @@ class RequestContext:
 
     @property
     def target(self) -> Target | None:
-        """The target of the last attempt (the model actually used)."""
-        return self.attempts[-1].target if self.attempts else None
+        """The model actually used: the target of the attempt whose answer the client got,
+        else (nothing was answered) of the last attempt."""
+        attempts = self.attempts
+        for record in reversed(attempts):
+            if record.committed:
+                return record.target
+        return attempts[-1].target if attempts else None
 
     @property
     def include_usage(self) -> bool:

@@ -142,3 +142,22 @@ def test_profile_summary_and_percentiles() -> None:
     assert figures["n"] == 4 and figures["p50"] == pytest.approx(2.5) and figures["max"] == pytest.approx(4.0)
     assert figures["mean"] == pytest.approx(2.5)
     assert stats_ms([]) == {"n": 0, "p50": None, "p90": None, "p99": None, "max": None, "mean": None}
+
+
+def test_flaky_phase_configs_and_table(tmp_path: Any) -> None:
+    from bench import flaky
+
+    for after in (configs.HEDGE_AFTER_MS, "p95"):
+        hedged = configs.validated(configs.hedged_config("http://127.0.0.1:9/v1", tmp_path / "usage.db",
+                                                         after_ms=after))
+        assert hedged["plugins"]["retry"]["hedge"]["routes"] == ["simple"]
+        proxy.create_app(config_from_dict(hedged))
+    args = flaky.mock_args(0.05, 3000, 0.01)
+    assert args.count("--fault") == len(configs.MOCK_MODELS)
+    assert "first_token_delay_rate=0.05" in args[args.index("--fault") + 1]
+    run = {"ok": 99, "errors": {"no_done": 1}, "ttft_ms": {"p50": 240.0, "p99": 3100.0}}
+    table = flaky.render({"rate": 50, "duration_s": 30, "slow_share": 0.05, "slow_ms": 3000, "break_share": 0.01,
+                          "latency_ms": 200, "hedge_after_ms": 400, "forwarder": run,
+                          "hedged": {**run, "errors": {}, "hedges": 5, "hedge_wins": 4}})
+    assert "| bare forwarder | 100 | 1 (1.0%): no_done 1 | 240 ms | 3100 ms | – |" in table
+    assert "| Floodgate, hedging after 400 ms | 99 | 0 (0.0%) | 240 ms | 3100 ms | 5 / 4 |" in table

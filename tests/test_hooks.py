@@ -523,6 +523,68 @@ async def test_hook_proxy_next_attempt(floodgate, mock_upstream):
     assert mock_upstream.stats.by_model["gpt-4.1"] == 2
 
 
+class HedgeOnce:
+    """Hedges every first attempt after 50 ms with Gemini Flash."""
+
+    name = "hedger"
+
+    def __init__(self) -> None:
+        self.asked: list[proxy.AttemptRecord] = []
+
+    @hookimpl(tryfirst=True)
+    def proxy_next_attempt(self, ctx):
+        if not ctx.attempts:
+            return Attempt(ctx.route.targets[0], hedge_after=0.05)
+        return STOP
+
+    @hookimpl
+    def proxy_hedge(self, ctx, attempt):
+        self.asked.append(attempt)
+        return Attempt(ctx.config.target("gemini-2.5-flash"))
+
+
+async def test_hook_proxy_hedge(floodgate, mock_upstream):
+    recorder, hedger = Recorder(), HedgeOnce()
+    mock_upstream.set_behaviour("gpt-4.1", first_token_delay_ms=5000)  # the role chunk, then nothing for 5 s
+    gw = await floodgate(plugins=[hedger, recorder])
+    raw = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4.1", messages=MESSAGES,
+                                                                         stream=True)
+    assert raw.headers["x-floodgate-model"] == "gemini-2.5-flash"
+    assert "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
+    [ctx] = recorder.finished
+    slow, extra = ctx.attempts
+    assert hedger.asked == [slow] and ctx.target.model == "gemini-2.5-flash"
+    assert (slow.hedged, slow.hedge, slow.error, slow.committed) == (True, False, "cancelled", False)
+    assert slow.usage.prompt_tokens > 0 and slow.usage_estimated  # the upstream saw the prompt
+    assert (extra.hedged, extra.hedge, extra.error, extra.committed) == (True, True, None, True)
+    assert extra.usage == ctx.usage and not extra.usage_estimated
+    text = await gw.metrics()
+    assert 'floodgate_hedges_total{model="gemini-2.5-flash"} 1.0' in text
+    assert 'floodgate_hedge_wins_total{model="gemini-2.5-flash"} 1.0' in text
+    # A first attempt that answers within hedge_after is never hedged.
+    mock_upstream.set_behaviour("gpt-4.1")
+    await gw.openai().chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    assert len(hedger.asked) == 1 and len(recorder.finished[-1].attempts) == 1
+
+
+async def test_hook_proxy_overloaded(floodgate, mock_upstream):
+    class Queueing:
+        name = "queueing"
+
+        @hookimpl
+        def proxy_overloaded(self, ctx):
+            return "ratelimit queue"
+
+    recorder, hedger = Recorder(), HedgeOnce()
+    mock_upstream.set_behaviour("gpt-4.1", first_token_delay_ms=150)
+    gw = await floodgate(plugins=[hedger, recorder, Queueing()])
+    raw = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4.1", messages=MESSAGES,
+                                                                         stream=True)
+    assert [c async for c in raw.parse()]
+    assert raw.headers["x-floodgate-model"] == "gpt-4.1"  # slow, but never hedged into an overload
+    assert hedger.asked == [] and len(recorder.finished[0].attempts) == 1
+
+
 async def test_hook_proxy_response(floodgate):
     class Stamp:
         name = "stamp"

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import math
 import random
-import time
-from collections.abc import Callable
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 import proxy
 
 from .breaker import Breaker, BreakerMetrics
+from .hedge import HedgePolicy
 from .settings import RetrySettings
 
 __all__ = ["RETRY_STATUSES", "RetryPlugin"]
@@ -20,7 +20,10 @@ __all__ = ["RETRY_STATUSES", "RetryPlugin"]
 #: Upstream statuses retried on the same target (then the next target).
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _RETRY_ERRORS = frozenset({"connect", "invalid_body"})
-_HEALTH_ERRORS = frozenset({"timeout", "connect", "invalid_body"})
+_TIMEOUTS = frozenset({"timeout", "stall"})
+# "protocol" (a wrong kind of answer) and "cancelled" (a hedge race lost, a client gone)
+# say nothing about the target's health.
+_HEALTH_ERRORS = frozenset({"timeout", "stall", "connect", "invalid_body"})
 #: An attempt with less time than this before the deadline is not worth starting.
 _MIN_ATTEMPT_S = 0.01
 _STATE_KEY = "retry.state"
@@ -53,17 +56,17 @@ class _RequestState:
 
 
 class RetryPlugin:
-    """Retry, fallback, circuit breakers and a per-request deadline.
+    """Retry, fallback, circuit breakers, hedging and a per-request deadline.
 
-    :param clock: monotonic seconds for the circuit breakers (tests inject one to
-        skip a cooldown). The deadline always runs on :func:`time.monotonic`,
-        since it bounds real waits.
+    :param clock: the breakers' cooldowns and windows and the request deadline run on
+        its ``monotonic()`` (the event loop's clock by default; tests pass a
+        :class:`proxy.ManualClock`).
     """
 
     name = "retry"
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
+    def __init__(self, clock: proxy.Clock | None = None) -> None:
+        self.clock: proxy.Clock = clock if clock is not None else proxy.LoopClock()
         self.settings = RetrySettings()
         self.rng = random.Random()
         self.breakers: dict[str, Breaker] = {}
@@ -75,14 +78,19 @@ class RetryPlugin:
         errors = [config.error(("plugins", self.name, "models", model),
                                f"unknown model {model!r} (not in the catalogue)")
                   for model in settings.models if model not in config.models]
+        errors += [config.error(("plugins", self.name, "hedge", "models", i),
+                                f"unknown model {model!r} (not in the catalogue)")
+                   for i, model in enumerate(settings.hedge.models) if model not in config.models]
         if settings.max_backoff_s < settings.backoff_base_s:
             errors.append(config.error(("plugins", self.name, "max_backoff_s"),
                                        "must be at least backoff_base_s"))
         if errors:
             raise proxy.ConfigErrors(errors)
         self.settings = settings
+        self.config = config
         self.rng = random.Random(settings.seed)
         self._metrics = _Metrics(registry)
+        self.hedging = HedgePolicy(settings.hedge, registry)
         self._max_retries = {m: o.max_retries for m, o in settings.models.items()
                              if o.max_retries is not None}
         self._retry_on_timeout = {m: o.retry_on_timeout for m, o in settings.models.items()
@@ -99,6 +107,17 @@ class RetryPlugin:
             for model in config.models:
                 self._breaker(model)
 
+    @proxy.hookimpl
+    def proxy_startup(self, app: web.Application) -> None:
+        """``hedge.routes`` are checked once every plugin has declared its route names."""
+        config = self.config
+        known = set(config.models) | set(config.route_names)
+        errors = [config.error(("plugins", self.name, "hedge", "routes", i),
+                               f"unknown route {route!r} (known: {', '.join(sorted(known))})")
+                  for i, route in enumerate(self.settings.hedge.routes) if route not in known]
+        if errors:
+            raise proxy.ConfigErrors(errors)
+
     def _breaker(self, model: str) -> Breaker:
         breaker = self.breakers.get(model)
         if breaker is None:
@@ -111,10 +130,12 @@ class RetryPlugin:
         route = ctx.route
         if route is None or not route.targets:
             return None
-        now = time.monotonic()
+        now = self.clock.monotonic()
         st: _RequestState | None = ctx.state.get(_STATE_KEY)
         if st is None:
             st = ctx.state[_STATE_KEY] = _RequestState(now + self.settings.deadline_s)
+            if self.hedging.enabled and self.hedging.opted_in(ctx, route.targets[0]):
+                self.hedging.earn(route.targets[0].model)
         attempts = ctx.attempts
         if self._breaker_on and st.recorded < len(attempts):
             self._record(ctx, st)
@@ -131,10 +152,13 @@ class RetryPlugin:
             attempt = self._retry(ctx, st, last, remaining)
             if attempt is not None:
                 return attempt
-        return self._next_target(ctx, st, st.index + 1, remaining)
+        # A wrong kind of answer is deterministic: only another upstream may answer right.
+        avoid = last.target.upstream if action == "elsewhere" else None
+        return self._next_target(ctx, st, st.index + 1, remaining, avoid)
 
     def _classify(self, record: proxy.AttemptRecord) -> str:
-        """``"retry"`` (same target), ``"fallback"`` (next target) or ``"stop"``."""
+        """``"retry"`` (same target), ``"fallback"`` (next target), ``"elsewhere"`` (next
+        target on another upstream) or ``"stop"``."""
         error = record.error
         if error == "http":
             status = record.status or 0
@@ -143,7 +167,9 @@ class RetryPlugin:
             return "stop" if 400 <= status < 500 else "fallback"
         if error in _RETRY_ERRORS:
             return "retry"
-        if error == "timeout":
+        if error == "protocol":
+            return "elsewhere"
+        if error in _TIMEOUTS:
             model = record.target.model
             return "retry" if self._retry_on_timeout.get(model, self.settings.retry_on_timeout) \
                 else "fallback"
@@ -174,10 +200,12 @@ class RetryPlugin:
         return self._attempt(ctx, st, target, delay, remaining - delay)
 
     def _next_target(self, ctx: proxy.RequestContext, st: _RequestState, start: int,
-                     remaining: float) -> proxy.Attempt | proxy.Stop:
+                     remaining: float, avoid_upstream: str | None = None) -> proxy.Attempt | proxy.Stop:
         targets = ctx.route.targets  # type: ignore[union-attr]
         for i in range(start, len(targets)):
             target = targets[i]
+            if target.upstream == avoid_upstream:
+                continue
             if self._breaker_on and not self._take(st, target.model, len(ctx.attempts)):
                 continue
             st.index, st.tries = i, 1
@@ -188,7 +216,7 @@ class RetryPlugin:
             return self._attempt(ctx, st, target, 0.0, remaining)
         if ctx.attempts:
             return proxy.STOP  # the client gets the last failure
-        now = self.clock()
+        now = self.clock.monotonic()
         wait = min((self._breaker(t.model).retry_in(now) for t in targets), default=1.0)
         raise proxy.Rejection(503, "all upstream targets are unavailable (circuit open)",
                               code="upstream_unavailable", type="server_error",
@@ -196,7 +224,7 @@ class RetryPlugin:
 
     def _take(self, st: _RequestState, model: str, index: int) -> bool:
         """Ask ``model``'s breaker for the next attempt (index ``index``)."""
-        allowed, probe = self._breaker(model).allow(self.clock())
+        allowed, probe = self._breaker(model).allow(self.clock.monotonic())
         if probe:
             st.probe = (self.breakers[model], index)
         return allowed
@@ -207,24 +235,73 @@ class RetryPlugin:
         if timeouts is None:  # a target outside the catalogue: the upstream's timeouts
             t = ctx.config.timeouts(target)
             timeouts = self._timeouts[target.model] = (t.first_byte, max(t.first_byte, t.total))
+        hedge_after = None
+        if self.hedging.enabled and self.hedging.opted_in(ctx, target):
+            hedge_after = self.hedging.after(target.model, ctx.stream)
+            if hedge_after is not None and hedge_after >= remaining - delay:
+                hedge_after = None  # the deadline comes first: nothing to gain
         if remaining >= timeouts[1]:
-            return proxy.Attempt(target, delay)
+            return proxy.Attempt(target, delay, hedge_after=hedge_after)
         if remaining < 0.5 * min(timeouts[0], self.settings.deadline_s):
             # Left with less than half the time a fresh request gets: if this try
             # times out, the deadline is to blame, not the target.
             if st.capped is None:
                 st.capped = set()
             st.capped.add(len(ctx.attempts))
-        return proxy.Attempt(target, delay, timeout=remaining)
+        return proxy.Attempt(target, delay, timeout=remaining, hedge_after=hedge_after)
+
+    # -- hedging --------------------------------------------------------------
+    @proxy.hookimpl
+    def proxy_hedge(self, ctx: proxy.RequestContext, attempt: proxy.AttemptRecord) -> proxy.Attempt | None:
+        """Race the slow ``attempt``: the route's next target (``hedge.to: next``, when its
+        breaker lets it) or the same model again, within the budget and the deadline."""
+        st: _RequestState | None = ctx.state.get(_STATE_KEY)
+        route = ctx.route
+        if st is None or route is None:
+            return None
+        remaining = st.deadline - self.clock.monotonic()
+        if remaining < _MIN_ATTEMPT_S:
+            return None
+        model = attempt.target.model
+        targets = route.targets
+        index = len(ctx.attempts)
+        chosen: tuple[int, proxy.Target] | None = None
+        if self.settings.hedge.to == "next":
+            for i in range(st.index + 1, len(targets)):
+                if not self._breaker_on or self._take(st, targets[i].model, index):
+                    chosen = (i, targets[i])
+                    break
+        if chosen is None and (not self._breaker_on or self._take(st, model, index)):
+            chosen = (st.index, attempt.target)
+        if chosen is None:
+            self.hedging.skipped(model, "no_target").inc()
+            return None
+        if not self.hedging.spend(model):
+            self._release_unused(st, index)
+            return None
+        i, target = chosen
+        if i == st.index:
+            st.tries += 1
+        else:
+            st.index, st.tries = i, 1
+        return self._attempt(ctx, st, target, 0.0, remaining)
+
+    @staticmethod
+    def _release_unused(st: _RequestState, index: int) -> None:
+        if st.probe is not None and st.probe[1] == index:
+            st.probe[0].release()
+            st.probe = None
 
     # -- breaker bookkeeping ------------------------------------------------
     def _record(self, ctx: proxy.RequestContext, st: _RequestState) -> None:
         """Feed the outcomes of attempts the breakers have not seen yet."""
-        now = self.clock()
+        now = self.clock.monotonic()
         attempts = ctx.attempts
         for i in range(st.recorded, len(attempts)):
             record = attempts[i]
-            probe = st.probe is not None and st.probe[1] == i
+            # The probe slot belongs to the attempt made at that index on that model (a
+            # hedge the core did not start after all leaves the index to another target).
+            probe = st.probe is not None and st.probe[1] == i and st.probe[0].model == record.target.model
             failed = self._failed(record, st, i)
             if probe:
                 breaker = st.probe[0]  # type: ignore[index]
@@ -252,7 +329,11 @@ class RetryPlugin:
     @proxy.hookimpl
     def proxy_finished(self, ctx: proxy.RequestContext) -> None:
         st: _RequestState | None = ctx.state.get(_STATE_KEY)
-        if st is None or not self._breaker_on:
+        if st is None:
+            return
+        if self.hedging.enabled:
+            self.hedging.observe(ctx)
+        if not self._breaker_on:
             return
         if st.recorded < len(ctx.attempts):
             self._record(ctx, st)

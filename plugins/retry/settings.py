@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 import proxy
 
-__all__ = ["BreakerSettings", "ModelOverrides", "RetrySettings"]
+__all__ = ["BreakerSettings", "HedgeSettings", "ModelOverrides", "RetrySettings"]
 
 
 class BreakerSettings(proxy.Settings):
@@ -21,6 +21,27 @@ class BreakerSettings(proxy.Settings):
     min_requests: proxy.PositiveInt = 10
     cooldown_s: proxy.PositiveFloat = 10.0
     trip_on_429: bool = True
+
+
+class HedgeSettings(proxy.Settings):
+    """``plugins.retry.hedge``: race a slow attempt with a second one (opt-in)."""
+
+    models: list[str] = []  # catalogue models whose attempts may be hedged
+    routes: list[str] = []  # routes (a router tier, or a catalogue model's own route) whose attempts may be
+    after_ms: float | str = "p95"  # milliseconds, or "p95": no meaningful answer by then: hedge
+    min_after_ms: proxy.NonNegativeFloat = 50.0  # with p95: never sooner than this
+    min_samples: proxy.PositiveInt = 20  # with p95: recent samples needed before any hedging
+    to: Literal["next", "same"] = "next"  # the route's next target (else the same), or the same model again
+    max_ratio: Annotated[float, Field(gt=0, le=1)] = 0.1  # hedges per request to the model, at most
+
+    @field_validator("after_ms", mode="before")
+    @classmethod
+    def _after(cls, value: object) -> float | str:
+        if value == "p95":
+            return "p95"
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        raise ValueError("must be a number of milliseconds greater than 0, or 'p95'")
 
 
 class ModelOverrides(proxy.Settings):
@@ -42,3 +63,4 @@ class RetrySettings(proxy.Settings):
     seed: int | None = None
     models: dict[str, ModelOverrides] = {}
     breaker: BreakerSettings = BreakerSettings()
+    hedge: HedgeSettings = HedgeSettings()

@@ -124,11 +124,11 @@ class Config:
         base = self.upstreams[upstream].timeouts
         over = self.models[model].timeouts if model in self.models else TimeoutOverrides()
         return AttemptTimeouts(over.connect or base.connect, over.first_byte or base.first_byte,
-                               over.total or base.total)
+                               over.stall or base.stall, over.total or base.total)
 
     def timeouts(self, target: Target, cap: float | None = None) -> AttemptTimeouts:
         """The upstream's timeouts with the model's overrides applied (resolved at
-        start-up), first-byte and total capped at ``cap`` seconds."""
+        start-up), none longer than ``cap`` seconds."""
         timeouts = self._timeouts.get((target.upstream, target.model))
         if timeouts is None:
             timeouts = self._build_timeouts(target.upstream, target.model)

@@ -38,32 +38,42 @@ class ServerSettings(Settings):
 
 
 class Timeouts(Settings):
-    """Seconds. ``first_byte`` bounds the wait for the response headers (and, for
-    streams, the first event); ``total`` bounds one attempt from start to end."""
+    """Seconds; each bounds one thing (README, "Timeouts").
+
+    ``connect``: opening the connection. ``first_byte``: from sending the request
+    to the first meaningful answer, one budget, headers included (streams: the first
+    event carrying content, a tool call, a refusal or a finish; otherwise the
+    response headers). ``stall``: the longest gap between two stream events.
+    ``total``: the whole attempt.
+    """
 
     connect: PositiveFloat = 10.0
     first_byte: PositiveFloat = 60.0
+    stall: PositiveFloat = 30.0
     total: PositiveFloat = 600.0
 
 
 @dataclass(frozen=True, slots=True)
 class AttemptTimeouts:
-    """The resolved timeouts of one attempt, in seconds."""
+    """The resolved timeouts of one attempt, in seconds (see :class:`Timeouts`)."""
 
     connect: float
     first_byte: float
+    stall: float
     total: float
 
     def capped(self, cap: float) -> AttemptTimeouts:
+        """These timeouts, none longer than ``cap`` (a deadline's time left)."""
         cap = max(cap, 0.001)
-        if cap >= self.first_byte and cap >= self.total:
+        if cap >= self.first_byte and cap >= self.total and cap >= self.stall:
             return self
-        return AttemptTimeouts(self.connect, min(self.first_byte, cap), min(self.total, cap))
+        return AttemptTimeouts(self.connect, min(self.first_byte, cap), min(self.stall, cap), min(self.total, cap))
 
 
 class TimeoutOverrides(Settings):
     connect: PositiveFloat | None = None
     first_byte: PositiveFloat | None = None
+    stall: PositiveFloat | None = None
     total: PositiveFloat | None = None
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .faults import _hang
 from .settings import ModelBehaviour, _State
 from .tokens import _text_of
 
@@ -59,16 +60,27 @@ async def _stream(request: web.Request, state: _State, b: ModelBehaviour, head: 
         await resp.write(bad)
         await resp.write_eof()
         return resp
+    faulty = (b.break_stream_after is not None or b.stall_stream_after is not None) and (
+        b.stream_fault_rate >= 1.0 or state.rng.random() < b.stream_fault_rate)
+    cut = b.break_stream_after if faulty else None
+    stall = b.stall_stream_after if faulty else None
+    await first_token_delay(state, b)
     tps = _tps(state, b)
     loop = asyncio.get_running_loop()
     start = loop.time()
-    for i, frame in enumerate(body):
-        if i == b.break_stream_after:
-            break
-        if tps > 0:  # pace against a schedule so sleeps don't accumulate drift
-            await asyncio.sleep(max(0.0, start + (i + 1) / tps - loop.time()))
-        await resp.write(frame)
-    if b.break_stream_after is not None:
+    try:
+        for i, frame in enumerate(body):
+            if i == cut:
+                break
+            if i == stall:
+                await _hang(request)  # silent until the client leaves
+                return resp
+            if tps > 0:  # pace against a schedule so sleeps don't accumulate drift
+                await asyncio.sleep(max(0.0, start + (i + 1) / tps - loop.time()))
+            await resp.write(frame)
+    except ConnectionResetError:
+        return resp  # the client left (a gateway cancelling a hedge race's loser)
+    if cut is not None:
         if request.transport is not None:
             request.transport.close()  # flushes what was written, then drops the connection
         return resp  # aiohttp ignores the ConnectionError when it tries to finish
@@ -78,8 +90,16 @@ async def _stream(request: web.Request, state: _State, b: ModelBehaviour, head: 
     return resp
 
 
+async def first_token_delay(state: _State, b: ModelBehaviour) -> None:
+    """A slow first token, on the configured share of requests."""
+    if b.first_token_delay_ms > 0 and (b.first_token_delay_rate >= 1.0
+                                       or state.rng.random() < b.first_token_delay_rate):
+        await asyncio.sleep(b.first_token_delay_ms / 1000.0)
+
+
 async def _pace(state: _State, b: ModelBehaviour, tokens: int) -> None:
-    """Non-streamed answers take as long as generating them would."""
+    """Non-streamed answers take as long as generating them would (and a slow first token)."""
+    await first_token_delay(state, b)
     tps = _tps(state, b)
     if tps > 0 and tokens:
         await asyncio.sleep(tokens / tps)

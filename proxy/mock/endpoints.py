@@ -37,7 +37,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         n, capped = _answer_len(body, state, b)
         finish, pieces = ("length" if capped else "stop"), _pieces(n)
     usage = _usage(prompt, n, b)
-    if not body.get("stream"):
+    if not body.get("stream") or b.ignore_stream:
         await _pace(state, b, n)
         if tool:
             msg: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": [
@@ -86,7 +86,7 @@ async def _completions(request: web.Request) -> web.StreamResponse:
     finish, pieces, usage = ("length" if capped else "stop"), _pieces(n), _usage(prompt, n, b)
     base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
             "created": int(time.time()), "model": model}
-    if not body.get("stream"):
+    if not body.get("stream") or b.ignore_stream:
         await _pace(state, b, n)
         return _json({**base, "choices": [{"text": "".join(pieces), "index": 0,
                                            "logprobs": None, "finish_reason": finish}],
@@ -158,7 +158,7 @@ async def _responses(request: web.Request) -> web.StreamResponse:
         "top_p": body.get("top_p"), "tool_choice": "auto", "tools": [],
         "text": {"format": {"type": "text"}}, "truncation": "disabled",
         "max_output_tokens": body.get("max_output_tokens"), "usage": usage}
-    if not body.get("stream"):
+    if not body.get("stream") or b.ignore_stream:
         await _pace(state, b, n)
         return _json(response)
     seq = iter(range(1 << 30))

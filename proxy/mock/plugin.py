@@ -27,6 +27,11 @@ class _BehaviourBlock(BaseModel):
     hang: bool = False
     malformed: bool = False
     break_stream_after: int | None = Field(None, ge=0)
+    stall_stream_after: int | None = Field(None, ge=0)
+    stream_fault_rate: float = Field(1.0, ge=0, le=1)
+    first_token_delay_ms: float = Field(0.0, ge=0)
+    first_token_delay_rate: float = Field(1.0, ge=0, le=1)
+    ignore_stream: bool = False
     tokens_per_second: float | None = Field(None, ge=0)
     completion_tokens: int | None = Field(None, gt=0)
     cached_tokens: int = Field(0, ge=0)

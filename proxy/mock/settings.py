@@ -31,7 +31,12 @@ class ModelBehaviour:
     retry_after: float | None = 1.0  # seconds, sent as Retry-After on 429 and 503
     hang: bool = False  # never answer (until the client leaves, the server stops, or 1 h)
     malformed: bool = False  # 200 with invalid JSON body / invalid SSE data line
-    break_stream_after: int | None = None  # streams: abort the transport after N content chunks
+    break_stream_after: int | None = None  # streams: abort the transport after N content chunks (0: role chunk only)
+    stall_stream_after: int | None = None  # streams: go silent after N content chunks (0: role chunk only)
+    stream_fault_rate: float = 1.0  # share (0..1) of streams that break_/stall_stream_after apply to
+    first_token_delay_ms: float = 0.0  # wait after the role chunk (non-streamed: before the answer) ...
+    first_token_delay_rate: float = 1.0  # ... on this share (0..1) of requests
+    ignore_stream: bool = False  # answer stream requests with a plain JSON body (a server ignoring stream)
     tokens_per_second: float | None = None  # overrides MockSettings.tokens_per_second
     completion_tokens: int | None = None  # overrides MockSettings.completion_tokens
     cached_tokens: int = 0  # reported as prompt_tokens_details.cached_tokens (<= prompt)
@@ -39,12 +44,14 @@ class ModelBehaviour:
     _failed: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.error_rate <= 1.0:
-            raise ValueError("error_rate must be within 0..1")
+        for name in ("error_rate", "stream_fault_rate", "first_token_delay_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within 0..1")
         if not 400 <= self.error_status <= 599:
             raise ValueError("error_status must be an HTTP error status (400..599)")
         for name in ("latency_ms", "jitter_ms", "fail_first", "cached_tokens", "retry_after",
-                     "break_stream_after", "tokens_per_second", "completion_tokens"):
+                     "break_stream_after", "stall_stream_after", "first_token_delay_ms", "tokens_per_second",
+                     "completion_tokens"):
             if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0")
 

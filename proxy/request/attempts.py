@@ -1,9 +1,18 @@
 """Stage 6, attempts: ask ``proxy_next_attempt`` what to try, send it, record the outcome.
 
 The core owns the mechanism only: the retry plugin (or the core's default, "the
-first target once") decides what comes next. Every try is appended to
-``ctx.attempts``; a success is answered by :mod:`.respond` (JSON) or
-:mod:`.stream` (SSE).
+first target once") decides what comes next, and whether and how to hedge.
+Every try is appended to ``ctx.attempts`` when it starts. A try is first
+*prepared* — sent, and read up to its first meaningful answer (a stream's first
+event carrying content, a tool call, a refusal or a finish; a whole JSON answer)
+— and only then *committed*: answered by :mod:`.respond` (JSON) or relayed by
+:mod:`.stream` (SSE). Every failure before the commit can be retried.
+
+Hedging: an :class:`~proxy.types.Attempt` with ``hedge_after`` that has not
+prepared within that many seconds makes the core ask ``proxy_hedge`` for a second
+attempt (unless a plugin says it is overloaded, ``proxy_overloaded``); both run
+concurrently, the first prepared is committed, the other is cancelled and kept
+in ``ctx.attempts`` as the race's loser (``error="cancelled"``, usage estimated).
 """
 
 from __future__ import annotations
@@ -11,19 +20,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import ClientResponse, web
 
-from ..config import Config
+from ..config import AttemptTimeouts, Config
 from ..errors import Rejection
 from ..hooks import Hooks
-from ..hookspecs import proxy_response, proxy_stream_chunk
-from ..types import Attempt, AttemptRecord, RequestContext, Target
+from ..hookspecs import proxy_hedge, proxy_overloaded, proxy_response, proxy_stream_chunk
+from ..types import Attempt, AttemptRecord, RequestContext, Target, Usage
 from ..upstream import UpstreamError, Upstreams, forwardable_headers
-from .respond import complete, set_route_headers
-from .stream import relay_stream
+from .respond import complete, read_answer, set_route_headers
+from .sse import SSERelay
+from .stream import await_content, estimate_usage, relay_committed
 
 log = logging.getLogger("floodgate")
 
@@ -43,6 +54,28 @@ def record_failure(ctx: RequestContext, record: AttemptRecord, exc: UpstreamErro
               record.target.model, exc.detail)
 
 
+@dataclass(slots=True, eq=False)
+class Prepared:
+    """An attempt whose first meaningful answer has come, not yet sent to the client."""
+
+    record: AttemptRecord
+    upstream: ClientResponse
+    timeouts: AttemptTimeouts
+    deadline: float  # event loop time at which its ``total`` runs out
+    relay: SSERelay | None = None  # streams: the relay and the events held so far
+    held: list[bytes] | None = None
+    raw: bytes = b""  # JSON answers: the bytes and their parse
+    data: Any = None
+
+    def discard(self, ctx: RequestContext) -> None:
+        """It lost a hedge race after preparing too: close it, estimate what it cost."""
+        self.upstream.close()
+        relay = self.relay
+        self.record.usage = estimate_usage(ctx, relay) if relay is not None else Usage(
+            ctx.estimated_prompt_tokens(), 0)
+        self.record.usage_estimated = True
+
+
 class AttemptRunner:
     """Runs the attempts of one application's model requests."""
 
@@ -53,6 +86,8 @@ class AttemptRunner:
         # Decided once: hooks nobody implements cost nothing per request.
         self._response_hook = hooks.implemented(proxy_response)
         self._chunk_hook = hooks.implemented(proxy_stream_chunk)
+        self._hedge_hook = hooks.implemented(proxy_hedge)
+        self._overload_hook = hooks.implemented(proxy_overloaded)
 
     def upstream_body(self, ctx: RequestContext, target: Target) -> tuple[bytes, bool]:
         """The bytes to send for ``target``; untouched unless something must change.
@@ -87,35 +122,126 @@ class AttemptRunner:
     async def run(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
         last_error: UpstreamError | None = None
         forward = forwardable_headers(request.headers)
-        hooks = self.hooks
         while True:
-            attempt = await hooks.next_attempt(ctx)
+            attempt = await self.hooks.next_attempt(ctx)
             if not isinstance(attempt, Attempt):
                 break
             if attempt.delay > 0:
                 await asyncio.sleep(attempt.delay)
-            target = attempt.target
-            record = AttemptRecord(target, started=time.perf_counter())
-            ctx.attempts.append(record)
-            body, hide_usage = self.upstream_body(ctx, target)
-            timeouts = self.config.timeouts(target, attempt.timeout)
             try:
-                upstream = await self.upstreams.open(target.upstream, "POST", ctx.endpoint, body=body,
-                                                     headers=forward, timeouts=timeouts)
-                record.status = upstream.status
-                if ctx.stream:
-                    on_chunk = (lambda chunk: hooks.stream_chunk(ctx, chunk)) if self._chunk_hook else None
-                    return await relay_stream(request, ctx, record, upstream, hide_usage=hide_usage,
-                                              openai_framing=ctx.endpoint in OPENAI_FRAMED, on_chunk=on_chunk,
-                                              timeouts=timeouts)
-                return await complete(ctx, record, upstream, timeouts.total,
-                                      hooks if self._response_hook else None)
+                if attempt.hedge_after is not None and self._hedge_hook:
+                    ready = await self._race(ctx, attempt, forward)
+                else:
+                    ready = await self._prepare(ctx, self._start(ctx, attempt), attempt, forward)
             except UpstreamError as exc:
-                record_failure(ctx, record, exc)
                 last_error = exc
+                continue
+            return await self._commit(request, ctx, ready)
         if ctx.attempts:
             set_route_headers(ctx, ctx.attempts[-1].target)
         if last_error is not None:
             raise last_error.to_rejection()
         raise Rejection(503, "no upstream is available for this model right now", code="no_upstream_available",
                         type="server_error")
+
+    @staticmethod
+    def _start(ctx: RequestContext, attempt: Attempt) -> AttemptRecord:
+        record = AttemptRecord(attempt.target, started=time.perf_counter())
+        ctx.attempts.append(record)
+        return record
+
+    async def _prepare(self, ctx: RequestContext, record: AttemptRecord, attempt: Attempt,
+                       forward: dict[str, str]) -> Prepared:
+        """Send one attempt and read it up to its first meaningful answer."""
+        target = attempt.target
+        body, hide_usage = self.upstream_body(ctx, target)
+        timeouts = self.config.timeouts(target, attempt.timeout)
+        sent = asyncio.get_running_loop().time()
+        # One first_byte budget from sending to the first meaningful answer, headers included.
+        first_byte = sent + min(timeouts.first_byte, timeouts.total)
+        try:
+            upstream = await self.upstreams.open(target.upstream, "POST", ctx.endpoint, body=body,
+                                                 headers=forward, timeouts=timeouts, first_byte_deadline=first_byte)
+            record.status = upstream.status
+            ready = Prepared(record, upstream, timeouts, sent + timeouts.total)
+            if ctx.stream:
+                hooks = self.hooks
+                on_chunk = (lambda chunk: hooks.stream_chunk(ctx, chunk)) if self._chunk_hook else None
+                ready.relay = SSERelay(openai_framing=ctx.endpoint in OPENAI_FRAMED, hide_usage=hide_usage,
+                                       on_chunk=on_chunk)
+                ready.held = await await_content(upstream, ready.relay, timeouts, deadline=first_byte,
+                                                 record=record)
+            else:
+                ready.raw, ready.data = await read_answer(upstream, record, timeouts.total)
+                record.ended = time.perf_counter()
+        except UpstreamError as exc:
+            record_failure(ctx, record, exc)
+            raise
+        record.first_event = time.perf_counter()
+        return ready
+
+    async def _commit(self, request: web.Request, ctx: RequestContext, ready: Prepared) -> web.StreamResponse:
+        if ready.relay is not None:
+            assert ready.held is not None
+            return await relay_committed(request, ctx, ready.record, ready.upstream, ready.relay, ready.held,
+                                         openai_framing=ctx.endpoint in OPENAI_FRAMED, timeouts=ready.timeouts,
+                                         deadline=ready.deadline)
+        return await complete(ctx, ready.record, ready.upstream, ready.raw, ready.data,
+                              self.hooks if self._response_hook else None)
+
+    # -- hedging --------------------------------------------------------------
+    async def _race(self, ctx: RequestContext, attempt: Attempt, forward: dict[str, str]) -> Prepared:
+        """Prepare ``attempt``; if it is slower than ``hedge_after``, race a hedge against it."""
+        first = self._start(ctx, attempt)
+        tasks: dict[asyncio.Task[Prepared], AttemptRecord] = {
+            asyncio.ensure_future(self._prepare(ctx, first, attempt, forward)): first}
+        winner: asyncio.Task[Prepared] | None = None
+        try:
+            done, _ = await asyncio.wait(tasks, timeout=attempt.hedge_after)
+            if not done and not (self._overload_hook and self.hooks.overloaded(ctx)):
+                hedge = await self.hooks.hedge(ctx, first)
+                if hedge is not None and not any(task.done() for task in tasks):
+                    second = self._start(ctx, hedge)
+                    first.hedged = second.hedged = second.hedge = True
+                    tasks[asyncio.ensure_future(self._prepare(ctx, second, hedge, forward))] = second
+            pending: set[asyncio.Task[Prepared]] = set(tasks)
+            error: UpstreamError | None = None
+            while pending and winner is None:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in tasks:  # in start order: on a tie the first attempt wins
+                    if task in done:
+                        exc = task.exception()
+                        if exc is None:
+                            winner = winner or task
+                        elif isinstance(exc, UpstreamError):
+                            error = exc
+                        else:
+                            raise exc
+            if winner is None:
+                assert error is not None
+                raise error
+            if winner is not next(iter(tasks)):
+                ctx.timings.upstream += tasks[winner].started - first.started  # waited on both meanwhile
+            return winner.result()
+        finally:
+            await self._end_race(ctx, tasks, winner)
+
+    @staticmethod
+    async def _end_race(ctx: RequestContext, tasks: dict[asyncio.Task[Prepared], AttemptRecord],
+                        winner: asyncio.Task[Prepared] | None) -> None:
+        """Cancel and record the attempts that did not win (all of them if the client left)."""
+        losers = [task for task in tasks if task is not winner]
+        for task in losers:
+            task.cancel()
+        await asyncio.gather(*losers, return_exceptions=True)
+        now = time.perf_counter()
+        detail = "lost the hedge race" if winner is not None else "cancelled: the client left"
+        for task in losers:
+            record = tasks[task]
+            if task.cancelled():
+                record.ended, record.error, record.detail = now, "cancelled", detail
+                record.usage = Usage(ctx.estimated_prompt_tokens(), 0)  # the upstream saw the prompt
+                record.usage_estimated = True
+            elif task.exception() is None:  # prepared too, a moment later
+                task.result().discard(ctx)
+                record.ended, record.error, record.detail = now, "cancelled", detail

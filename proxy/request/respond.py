@@ -32,11 +32,11 @@ def set_route_headers(ctx: RequestContext, target: Target) -> None:
     headers["x-floodgate-attempts"] = str(len(ctx.attempts))
 
 
-async def complete(ctx: RequestContext, record: AttemptRecord, upstream: aiohttp.ClientResponse,
-                   total_timeout: float, hooks: Hooks | None) -> web.Response:
-    """Read the upstream's whole answer and build the client's response.
+async def read_answer(upstream: aiohttp.ClientResponse, record: AttemptRecord,
+                      total_timeout: float) -> tuple[bytes, Any]:
+    """Read and parse a non-streaming upstream answer whole (its meaningful event).
 
-    :param hooks: given when some plugin implements ``proxy_response``.
+    Raises :class:`UpstreamError`; always releases the response.
     """
     try:
         async with asyncio.timeout(max(0.001, total_timeout - (time.perf_counter() - record.started))):
@@ -49,18 +49,26 @@ async def complete(ctx: RequestContext, record: AttemptRecord, upstream: aiohttp
                             status=upstream.status) from None
     finally:
         upstream.release()
-    record.ended = time.perf_counter()
-    ctx.timings.upstream += record.duration
     try:
-        data = orjson.loads(raw)
+        return raw, orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise UpstreamError("invalid_body", f"upstream returned HTTP {upstream.status} with a body that is "
                             f"not JSON: {excerpt(raw)}", status=upstream.status) from None
+
+
+async def complete(ctx: RequestContext, record: AttemptRecord, upstream: aiohttp.ClientResponse,
+                   raw: bytes, data: Any, hooks: Hooks | None) -> web.Response:
+    """Build the client's response from an answer :func:`read_answer` read.
+
+    :param hooks: given when some plugin implements ``proxy_response``.
+    """
     usage = Usage.from_openai(data.get("usage")) if isinstance(data, dict) else None
     if usage is None and isinstance(data, dict):
-        usage = Usage(estimate_prompt_tokens(ctx.body), completion_estimate(data))
+        usage = Usage(ctx.estimated_prompt_tokens(), completion_estimate(data))
         ctx.usage_estimated = True
     ctx.usage = usage
+    record.usage, record.usage_estimated, record.committed = usage, ctx.usage_estimated, True
+    ctx.timings.upstream += record.duration
     set_route_headers(ctx, record.target)
     result = UpstreamResponse(upstream.status, {}, raw, data)
     if hooks is not None:

@@ -1,101 +1,239 @@
-"""Stage 7, respond (SSE): relay an upstream stream to the client, event by event.
+"""Stage 7, respond (SSE): hold an upstream stream until it says something, then relay it.
 
-Nothing is sent before the upstream's first event: until then every failure is
-retryable and becomes a real HTTP status. After the first byte, an upstream
-failure becomes one final ``data: {"error": ...}`` event and the stream closes.
+Commit on content: the events before the first meaningful one (role-only or empty
+deltas, ``response.created``/``in_progress``, comment lines) are held, not sent;
+the 200 goes out with the first event carrying content, a tool call, a refusal
+or a finish (:func:`await_content`). Until then every failure — a break, a stall,
+an error event, an end — is an :class:`UpstreamError` the attempt loop may retry,
+and the held events are discarded. Nothing is sent to the client before that,
+on any endpoint: sending anything means sending the status, which is not known
+yet. After it (:func:`relay_committed`) an upstream failure becomes one final
+error event and the stream closes, with the usage estimated and marked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
 
 from ..config import AttemptTimeouts
 from ..errors import error_body
-from ..tokens import estimate_prompt_tokens
-from ..types import AttemptRecord, RequestContext, StreamChunk, Usage
-from ..upstream import UpstreamError
+from ..types import AttemptRecord, RequestContext, Usage
+from ..upstream import UpstreamError, excerpt
 from .render import SSE_HEADERS
 from .respond import set_route_headers
 from .sse import SSERelay, UpstreamStreamError
 
 _BROKEN = (aiohttp.ClientPayloadError, aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)
+#: Events held before the first meaningful one, at most (count and bytes); past either
+#: bound the stream is committed as it is (relayed, no longer retryable).
+MAX_HELD_EVENTS = 64
+MAX_HELD_BYTES = 64 * 1024
+_EXCERPT_BYTES = 2048
 
 
-async def _first_event(relay: SSERelay, upstream: aiohttp.ClientResponse, timeout: float) -> bytes:
-    """The bytes of the upstream's first complete event(s); any failure is an :class:`UpstreamError`."""
-    content = upstream.content
-    first = b""
+class Watchdog:
+    """Cancels the current task when no event came for ``stall`` seconds, or at ``deadline``
+    (event loop time). One timer per stall period, not one per read: a read only stores
+    the time (:meth:`touch`). While the caller writes to the client (``writing``), a
+    slow client is not taken for a stalled upstream.
+    """
+
+    __slots__ = ("_loop", "_task", "stall", "deadline", "last", "writing", "expired", "_handle")
+
+    def __init__(self, stall: float | None, deadline: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self.stall = stall
+        self.deadline = deadline
+        self.last = self._loop.time()
+        self.writing = False
+        self.expired: str | None = None  # "stall" or "deadline" once it fired
+        self._handle = self._loop.call_at(self._due(), self._check)
+
+    def _due(self) -> float:
+        return self.deadline if self.stall is None else min(self.deadline, self.last + self.stall)
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    def watch_stalls(self, stall: float) -> None:
+        """From now on, also bound the gap between events."""
+        self.stall = stall
+        self.touch()
+        self._handle.cancel()
+        self._handle = self._loop.call_at(self._due(), self._check)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if now >= self.deadline:
+            self.expired = "deadline"
+        elif not self.writing and self.stall is not None and now >= self.last + self.stall:
+            self.expired = "stall"
+        else:
+            due = self._due()
+            self._handle = self._loop.call_at(due if due > now else now + (self.stall or 1.0), self._check)
+            return
+        self._task.cancel()
+
+    def caught(self) -> bool:
+        """In an ``except CancelledError``: whether this watchdog caused it (then swallowed)."""
+        if self.expired is None:
+            return False
+        self._task.uncancel()
+        return True
+
+    def close(self) -> None:
+        self._handle.cancel()
+
+
+async def _refuse_non_sse(upstream: aiohttp.ClientResponse) -> None:
+    """A stream request answered with something other than an SSE stream: a protocol error
+    (deterministic: the same request gets the same answer)."""
     try:
-        async with asyncio.timeout(timeout):
-            while not first:
-                data = await content.readany()
-                if not data:
-                    raise UpstreamError("invalid_body", "upstream stream ended before its first event",
-                                        status=upstream.status)
-                first = relay.feed(data)
-    except TimeoutError:
+        raw = await upstream.content.read(_EXCERPT_BYTES)
+    except aiohttp.ClientError:
+        raw = b""
+    what = upstream.headers.get("Content-Type", "no content type")
+    detail = f"upstream answered a stream request with {what}, not an SSE stream"
+    if raw:
+        detail += f": {excerpt(raw)}"
+    raise UpstreamError("protocol", detail, status=upstream.status)
+
+
+async def await_content(upstream: aiohttp.ClientResponse, relay: SSERelay, timeouts: AttemptTimeouts, *,
+                        deadline: float, record: AttemptRecord) -> list[bytes]:
+    """Read the stream until its first meaningful event; return the held events (it last).
+
+    :param deadline: event loop time by which it must come (``first_byte`` after sending).
+    Every failure closes the upstream response and raises :class:`UpstreamError`; the
+    events held so far are counted in ``record.discarded``.
+    """
+    held: list[bytes] = []
+    size = 0
+    watchdog: Watchdog | None = None
+    try:
+        watchdog = Watchdog(None, deadline)
+        if upstream.content_type != "text/event-stream":
+            await _refuse_non_sse(upstream)
+        content = upstream.content
+        while not relay.meaningful:
+            data = await content.readany()
+            if not data:
+                what = "its first event" if not relay.events else "any content"
+                raise UpstreamError("invalid_body", f"upstream stream ended before {what}", status=upstream.status)
+            out = relay.feed(data)
+            if out:
+                if watchdog.stall is None:
+                    watchdog.watch_stalls(timeouts.stall)
+                else:
+                    watchdog.touch()
+                held.append(out)
+                size += len(out)
+                if relay.events > MAX_HELD_EVENTS or size > MAX_HELD_BYTES:
+                    relay.meaningful = True  # commit as it is: memory stays bounded
+        return held
+    except asyncio.CancelledError:
+        if watchdog is None or not watchdog.caught():
+            upstream.close()
+            raise
         upstream.close()
-        raise UpstreamError("timeout", f"no stream event within {timeout:g}s", status=upstream.status) from None
+        record.discarded = relay.events
+        if watchdog.expired == "stall":
+            raise UpstreamError("stall", f"upstream stream stalled: no event for {timeouts.stall:g}s before "
+                                "any content", status=upstream.status) from None
+        raise UpstreamError("timeout", f"no content within the first_byte timeout ({timeouts.first_byte:g}s)",
+                            status=upstream.status) from None
     except UpstreamStreamError as exc:
         upstream.close()
-        raise UpstreamError("invalid_body", f"upstream stream started with an error: {exc}",
+        record.discarded = relay.events
+        raise UpstreamError("invalid_body", f"upstream stream failed before any content: {exc}",
                             status=upstream.status) from None
     except _BROKEN as exc:
         upstream.close()
-        raise UpstreamError("connect", f"upstream stream broke before its first event ({type(exc).__name__})",
+        record.discarded = relay.events
+        raise UpstreamError("connect", f"upstream stream broke before any content ({type(exc).__name__})",
                             status=upstream.status) from None
     except BaseException:
         upstream.close()
+        record.discarded = relay.events
         raise
-    return first
+    finally:
+        if watchdog is not None:
+            watchdog.close()
 
 
-async def relay_stream(request: web.Request, ctx: RequestContext, record: AttemptRecord,
-                       upstream: aiohttp.ClientResponse, *, hide_usage: bool, openai_framing: bool,
-                       on_chunk: Callable[[StreamChunk], None] | None,
-                       timeouts: AttemptTimeouts) -> web.StreamResponse:
-    relay = SSERelay(openai_framing=openai_framing, hide_usage=hide_usage, on_chunk=on_chunk)
-    first = await _first_event(relay, upstream, timeouts.first_byte)
-    content = upstream.content
+def _error_event(message: str, *, openai_framing: bool) -> bytes:
+    body = error_body(message, type="server_error", code="upstream_stream_error")
+    return (b"data: " if openai_framing else b"event: error\ndata: ") + body + b"\n\n"
+
+
+def estimate_usage(ctx: RequestContext, relay: SSERelay) -> Usage:
+    """Usage of a stream that reported none: the prompt estimate, a token per content event."""
+    return Usage(ctx.estimated_prompt_tokens(), relay.content_events + relay.meaningful)
+
+
+async def relay_committed(request: web.Request, ctx: RequestContext, record: AttemptRecord,
+                          upstream: aiohttp.ClientResponse, relay: SSERelay, held: list[bytes], *,
+                          openai_framing: bool, timeouts: AttemptTimeouts,
+                          deadline: float) -> web.StreamResponse:
+    """Send the 200 with the held events, then relay the rest as it arrives.
+
+    :param deadline: event loop time at which the attempt's ``total`` runs out.
+    """
     set_route_headers(ctx, record.target)
     headers = {**SSE_HEADERS, **ctx.response_headers, "x-request-id": ctx.request_id}
     response = web.StreamResponse(status=200, headers=headers)
     ctx.status = 200
+    record.committed = True
     failure: str | None = None
     try:
         await response.prepare(request)
-        await response.write(first)
+        await response.write(b"".join(held))
         ctx.timings.first_byte = time.perf_counter()
-        remaining = max(0.0, timeouts.total - (time.perf_counter() - record.started))
-        deadline = asyncio.get_running_loop().time() + remaining
+        content = upstream.content
+        watchdog = Watchdog(timeouts.stall, deadline)
         try:
-            async with asyncio.timeout_at(deadline):
-                while True:
-                    data = await content.readany()
-                    if not data:
-                        break
-                    out = relay.feed(data)
-                    if out:
-                        await response.write(out)
-        except TimeoutError:
-            failure = f"the stream did not complete within {timeouts.total:g}s"
-            record.error = "timeout"
+            while True:
+                data = await content.readany()
+                if not data:
+                    break
+                watchdog.touch()
+                out = relay.feed(data)
+                if out:
+                    watchdog.writing = True
+                    await response.write(out)
+                    watchdog.writing = False
+                    watchdog.touch()
+        except asyncio.CancelledError:
+            if not watchdog.caught():
+                raise
+            if watchdog.expired == "stall":
+                failure = f"the upstream stream stalled (no event for {timeouts.stall:g}s)"
+                record.error = "stall"
+            else:
+                failure = f"the stream did not complete within {timeouts.total:g}s"
+                record.error = "timeout"
         except _BROKEN as exc:
             failure = f"the upstream stream broke ({type(exc).__name__})"
             record.error = "invalid_body"
-        if failure is None and openai_framing and not relay.done:
-            failure = "the upstream stream ended without [DONE]"
+        finally:
+            watchdog.close()
+        if failure is None and not relay.complete:
+            failure = ("the upstream stream ended before a finish_reason" if openai_framing
+                       else "the upstream stream ended before its response.completed event")
             record.error = "invalid_body"
         if failure is not None:
             ctx.error = "upstream_stream_error"
             record.detail = failure
-            await response.write(b"data: " + error_body(failure, type="server_error",
-                                                        code="upstream_stream_error") + b"\n\n")
+            await response.write(_error_event(failure, openai_framing=openai_framing))
+        elif openai_framing and not relay.done:
+            await response.write(b"data: [DONE]\n\n")  # ended cleanly after its finish: complete
         await response.write_eof()
     except (asyncio.CancelledError, ConnectionResetError):
         ctx.client_disconnected = True
@@ -107,7 +245,7 @@ async def relay_stream(request: web.Request, ctx: RequestContext, record: Attemp
         if relay.usage is not None:
             ctx.usage = relay.usage
         else:
-            # About one token per content event; the first event carries only the role.
-            ctx.usage = Usage(estimate_prompt_tokens(ctx.body), max(0, relay.data_events - 1 - relay.done))
+            ctx.usage = estimate_usage(ctx, relay)
             ctx.usage_estimated = True
+        record.usage, record.usage_estimated = ctx.usage, ctx.usage_estimated
     return response

@@ -79,10 +79,15 @@ class Upstreams:
 
     async def open(self, upstream: str, method: str, path: str, *, body: bytes | AsyncIterator[bytes] | None,
                    headers: Mapping[str, str], timeouts: AttemptTimeouts, query: str | None = None,
-                   content_type: str | None = "application/json") -> aiohttp.ClientResponse:
+                   content_type: str | None = "application/json",
+                   first_byte_deadline: float | None = None) -> aiohttp.ClientResponse:
         """Send a request; return the response once its headers show a 2xx status.
 
         The caller reads (and releases) the body. Raises :class:`UpstreamError`.
+
+        :param first_byte_deadline: the event loop time by which the headers must have
+            arrived, when the caller's ``first_byte`` budget spans more than the headers
+            (a stream's first meaningful event); else ``timeouts.first_byte`` from now.
         """
         session = self._sessions[upstream]
         url: URL | None
@@ -99,12 +104,15 @@ class Upstreams:
                 total=None, sock_connect=timeouts.connect)
         if body is not None and content_type:
             send_headers["Content-Type"] = content_type
+        if first_byte_deadline is None:
+            first_byte_deadline = asyncio.get_running_loop().time() + timeouts.first_byte
         try:
-            async with asyncio.timeout(timeouts.first_byte):
+            async with asyncio.timeout_at(first_byte_deadline):
                 response = await session.request(method, url, data=body, headers=send_headers,
                                                  allow_redirects=False, timeout=client_timeout)
         except TimeoutError:
-            raise UpstreamError("timeout", f"no response within {timeouts.first_byte:g}s") from None
+            raise UpstreamError("timeout", f"no response within the first_byte timeout "
+                                f"({timeouts.first_byte:g}s)") from None
         except aiohttp.ClientConnectorError as exc:
             reason = exc.os_error.strerror or exc.os_error
             raise UpstreamError("connect", f"cannot connect to upstream {upstream!r}: {reason}") from None

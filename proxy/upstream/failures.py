@@ -14,7 +14,12 @@ EXCERPT_CHARS = 200
 class UpstreamError(Exception):
     """A failed upstream try.
 
-    :param kind: ``"http"``, ``"timeout"``, ``"connect"`` or ``"invalid_body"``.
+    :param kind: ``"http"`` (an error status), ``"timeout"`` (``first_byte`` or
+        ``total``), ``"stall"`` (no stream event within ``stall``), ``"connect"``,
+        ``"invalid_body"`` (not JSON, truncated, broken, an error event) or
+        ``"protocol"``: an answer of the wrong kind for the request, e.g. a stream
+        request answered without an SSE stream — deterministic, so repeating the
+        same request to the same upstream cannot help.
     :param body: for ``"http"``, the upstream's body when it was an OpenAI-shaped error.
     """
 
@@ -29,8 +34,11 @@ class UpstreamError(Exception):
 
     def to_rejection(self) -> Rejection:
         """The error the client sees when this was the last try."""
-        if self.kind == "timeout":
+        if self.kind in ("timeout", "stall"):
             return Rejection(504, f"upstream timed out: {self.detail}", code="upstream_timeout", type="server_error")
+        if self.kind == "protocol":
+            return Rejection(502, self.detail, code="upstream_protocol_error", type="server_error",
+                             should_retry=False)
         if self.kind == "http" and self.status is not None:
             if self.status in (401, 403):
                 # The upstream refused Floodgate's own credentials: not the caller's fault.

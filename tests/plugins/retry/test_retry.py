@@ -1,6 +1,7 @@
 """Tests of the retry plugin (plugins/retry/): retries, fallbacks, deadline, circuit breakers.
 
-Real HTTP: the openai SDK (no SDK retries) -> the gateway -> the mock upstream.
+Real HTTP: the openai SDK (no SDK retries) -> the gateway -> the mock upstream. Time-bound
+decisions (deadline, backoff, Retry-After) are tested offline in test_retry_decisions.py.
 """
 
 from __future__ import annotations
@@ -26,20 +27,6 @@ MSGS = [{"role": "user", "content": "when does the festival sale start?"}]
 # Small backoff so retries cost milliseconds; a seed for reproducible jitter.
 FAST: dict[str, Any] = {"backoff_base_s": 0.01, "max_backoff_s": 0.05, "seed": 7}
 NOWHERE = "http://127.0.0.1:9/v1"  # configs that are never served
-SHORT_TIMEOUTS = {"timeouts": {"connect": 1, "first_byte": 0.5, "total": 2}}
-
-
-class FakeClock:
-    """The breakers' clock, advanced by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def catalogue(extra: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
@@ -53,7 +40,7 @@ def catalogue(extra: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[
 
 
 async def start(floodgate: Any, settings: dict[str, Any] | None = None, *,
-                clock: FakeClock | None = None, **kwargs: Any) -> Any:
+                clock: proxy.ManualClock | None = None, **kwargs: Any) -> Any:
     plugin = RetryPlugin(clock=clock) if clock is not None else RetryPlugin()
     kwargs.setdefault("models", catalogue())
     block = {**FAST, **(settings or {})}
@@ -109,18 +96,6 @@ async def test_connection_refused_falls_back(floodgate, mock_upstream):
     assert mock_upstream.stats.by_model == {FALLBACK: 1}
 
 
-async def test_timeout_falls_back_at_once(floodgate, mock_upstream):
-    mock_upstream.set_behaviour(PRIMARY, hang=True)
-    gw = await start(floodgate, upstream=SHORT_TIMEOUTS)
-    began = time.perf_counter()
-    raw = await chat(gw.openai())
-    elapsed = time.perf_counter() - began
-    assert raw.headers["x-floodgate-model"] == FALLBACK
-    assert raw.headers["x-floodgate-attempts"] == "2"
-    assert mock_upstream.stats.by_model == {PRIMARY: 1, FALLBACK: 1}
-    assert 0.45 <= elapsed < 0.95  # one first-byte timeout (0.5 s), well under two
-
-
 async def test_per_model_override_retries_timeouts(floodgate, mock_upstream):
     mock_upstream.set_behaviour(PRIMARY, hang=True)
     models = catalogue({PRIMARY: {"timeouts": {"first_byte": 0.2}}})
@@ -140,17 +115,7 @@ async def test_retry_after_is_honoured(floodgate, mock_upstream):
     elapsed = time.perf_counter() - began
     assert raw.headers["x-floodgate-model"] == PRIMARY
     assert raw.headers["x-floodgate-attempts"] == "2"
-    assert elapsed >= 0.38
-
-
-async def test_retry_after_above_cap_falls_back(floodgate, mock_upstream):
-    mock_upstream.set_behaviour(PRIMARY, fail_first=1, error_status=429, retry_after=3)
-    gw = await start(floodgate, {"max_retry_after_s": 1})
-    began = time.perf_counter()
-    raw = await chat(gw.openai())
-    assert time.perf_counter() - began < 1.0
-    assert raw.headers["x-floodgate-model"] == FALLBACK
-    assert mock_upstream.stats.by_model == {PRIMARY: 1, FALLBACK: 1}
+    assert elapsed >= 0.38  # waited (a lower bound: the machine may be slower, never faster)
 
 
 async def test_retry_after_above_cap_without_fallback_relays_429(floodgate, mock_upstream):
@@ -172,34 +137,10 @@ async def test_client_error_stops_at_once(floodgate, mock_upstream):
     assert mock_upstream.stats.by_model == {PRIMARY: 1}
 
 
-async def test_deadline_bounds_all_attempts(floodgate, mock_upstream):
-    mock_upstream.set_behaviour(PRIMARY, hang=True)
-    mock_upstream.set_behaviour(FALLBACK, hang=True)
-    # The upstream's own first-byte timeout (5 s) is longer than the deadline.
-    gw = await start(floodgate, {"deadline_s": 1, "retry_on_timeout": True})
-    began = time.perf_counter()
-    with pytest.raises(openai.InternalServerError) as caught:
-        await chat(gw.openai())
-    elapsed = time.perf_counter() - began
-    assert caught.value.status_code == 504
-    assert 0.95 <= elapsed < 1.8
-    assert mock_upstream.stats.by_model == {PRIMARY: 1}
-
-
-async def test_backoff_never_waits_past_the_deadline(floodgate, mock_upstream):
-    # A retry would wait 2 s (Retry-After, under the cap) but only ~0.5 s is left: fall back now.
-    mock_upstream.set_behaviour(PRIMARY, fail_first=1, error_status=503, retry_after=2)
-    gw = await start(floodgate, {"deadline_s": 0.5, "max_retry_after_s": 5})
-    began = time.perf_counter()
-    raw = await chat(gw.openai())
-    assert time.perf_counter() - began < 0.5
-    assert raw.headers["x-floodgate-model"] == FALLBACK
-
-
 # -- circuit breakers -------------------------------------------------------
 
 async def test_breaker_opens_skips_target_and_recovers(floodgate, mock_upstream):
-    clock = FakeClock()
+    clock = proxy.ManualClock()
     mock_upstream.set_behaviour(PRIMARY, error_rate=1.0, error_status=500)
     gw = await start(floodgate, {"max_retries": 0, "breaker": {"failures": 2, "cooldown_s": 10}},
                      clock=clock)
@@ -233,7 +174,7 @@ async def test_breaker_opens_skips_target_and_recovers(floodgate, mock_upstream)
 
 
 async def test_failed_probe_reopens_for_another_cooldown(floodgate, mock_upstream):
-    clock = FakeClock()
+    clock = proxy.ManualClock()
     mock_upstream.set_behaviour(PRIMARY, error_rate=1.0, error_status=502)
     gw = await start(floodgate, {"max_retries": 2, "breaker": {"failures": 1, "cooldown_s": 10}},
                      clock=clock)
@@ -252,7 +193,7 @@ async def test_failed_probe_reopens_for_another_cooldown(floodgate, mock_upstrea
 
 
 async def test_half_open_lets_exactly_one_probe_through(floodgate, mock_upstream):
-    clock = FakeClock()
+    clock = proxy.ManualClock()
     mock_upstream.set_behaviour(PRIMARY, fail_first=1, error_status=500)
     gw = await start(floodgate, {"max_retries": 0, "breaker": {"failures": 1, "cooldown_s": 5}},
                      clock=clock)
@@ -271,7 +212,7 @@ async def test_half_open_lets_exactly_one_probe_through(floodgate, mock_upstream
 
 
 async def test_failure_ratio_over_rolling_window(floodgate, mock_upstream):
-    clock = FakeClock()
+    clock = proxy.ManualClock()
     settings = {"max_retries": 0, "breaker": {"failures": 100, "failure_ratio": 0.5,
                                               "min_requests": 4, "window_s": 30}}
     gw = await start(floodgate, settings, clock=clock)
@@ -306,7 +247,7 @@ async def test_client_errors_do_not_trip_the_breaker(floodgate, mock_upstream):
 
 
 async def test_all_targets_open_is_503_with_retry_after(floodgate, mock_upstream):
-    clock = FakeClock()
+    clock = proxy.ManualClock()
     mock_upstream.set_behaviour(PRIMARY, error_rate=1.0, error_status=500)
     mock_upstream.set_behaviour(FALLBACK, error_rate=1.0, error_status=500)
     gw = await start(floodgate, {"max_retries": 0, "breaker": {"failures": 1, "cooldown_s": 10}},
@@ -329,7 +270,7 @@ async def test_all_targets_open_is_503_with_retry_after(floodgate, mock_upstream
 async def test_unused_probe_slot_is_released(mock_upstream):
     # A request that takes the half-open probe slot but ends before using it
     # (client gone during the backoff) must not block probing forever.
-    clock = FakeClock()
+    clock = proxy.ManualClock()
     config = config_from_dict(mock_config(mock_upstream.url, models=catalogue(), plugin_settings={
         "retry": {"breaker": {"failures": 1, "cooldown_s": 1}}}))
     plugin = RetryPlugin(clock=clock)
