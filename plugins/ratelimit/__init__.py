@@ -32,6 +32,8 @@ Parts:
 * :mod:`.plan` — which buckets a request needs and how much it takes (:class:`~.plan.Planner`);
 * :mod:`.store` — the :class:`~.store.BucketStore` interface, the in-process
   :class:`~.store.MemoryBucketStore` and the degraded :class:`~.store.LocalShareStore`;
+* :mod:`.redis_store` — :class:`~.redis_store.RedisBucketStore`, the buckets of a fleet,
+  and :mod:`.redis_scripts`, its Lua scripts;
 * :mod:`.forecast` — predicted waits (what is queued ahead, how long slots are held);
 * :mod:`.queue` — the fair priority admission queue and its scans;
 * :mod:`.responses` — the ``x-ratelimit-*`` headers and the 429s;

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -17,6 +17,11 @@ from .queue import AdmissionQueue
 from .responses import Rejections, set_headers
 from .settings import RateLimitSettings
 from .store import BucketStore, Grant, MemoryBucketStore, Return
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from .redis_store import RedisBucketStore
 
 __all__ = ["RateLimitPlugin"]
 
@@ -85,6 +90,12 @@ class RateLimitPlugin:
         by the previous store settle there."""
         self.store = store
         self.queue.store = store
+
+    def shared_store(self, redis: Redis, prefix: str) -> RedisBucketStore:
+        """A :class:`~.redis_store.RedisBucketStore` with this plugin's ``shared`` settings."""
+        from .redis_store import RedisBucketStore
+
+        return RedisBucketStore(redis, prefix, lease=self.settings.shared.lease_s)
 
     @proxy.hookimpl
     def proxy_shutdown(self) -> Awaitable[None] | None:
