@@ -124,12 +124,12 @@ async def test_admissions_over_several_buckets_stay_atomic_under_contention(flee
 
 
 async def test_a_dead_workers_slots_come_back_when_their_lease_lapses(fleet: Fleet) -> None:
-    dead = fleet.store(lease=0.3, renew_every=3600)  # it never renews: as if its process died
+    dead = fleet.store(lease=0.5, renew_every=3600)  # it never renews: as if its process died
     alive = fleet.store()
     slot = Claim("slot", 0.0, 1, 1)
     assert (await dead.take([slot], 0.0)).granted
     assert not (await alive.take([slot], 0.0)).granted
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(0.55)
     assert (await alive.take([slot], 0.0)).granted
 
 
