@@ -1,9 +1,10 @@
 """Token-bucket rate limiting with a priority queue (the ``ratelimit`` plugin).
 
 Limits apply per *scope*: ``global`` (all traffic), ``key`` (per principal:
-``per_key`` defaults, overridden by ``principal.settings["rate_limit"]``),
+``per_key`` defaults, overridden by the key's ``policy.rate_limit``),
 ``model`` (the catalogue model of the route's first target) and ``upstream``
-(the upstream of that target). Each scope may limit three things:
+(the upstream of that target; for passthrough requests, the default upstream).
+Each scope may limit three things:
 
 * requests: ``requests_per_second`` with a ``burst`` (bucket capacity);
 * tokens: ``tokens_per_minute``. Admission reserves the estimated prompt plus
@@ -11,18 +12,15 @@ Limits apply per *scope*: ``global`` (all traffic), ``key`` (per principal:
   ``max_output_tokens``, the route target's overrides winning, else
   ``default_max_tokens``); ``proxy_finished`` refunds or charges the difference
   to the real usage. A request that never reached an upstream gives everything
-  back, its request token included;
+  back, its request token included. Passthrough requests reserve no tokens;
 * concurrency: ``max_concurrent`` requests in flight (a bucket that never
   refills; the slot is returned in ``proxy_finished``).
 
 A request takes from every bucket it needs or from none. When one is short,
 ``mode: reject`` answers 429 ``rate_limit_exceeded`` with ``retry-after`` /
 ``retry-after-ms``; ``mode: queue`` parks the request in one queue ordered by
-(-priority, arrival) for up to ``queue.max_wait_ms``. Waiting is event driven:
-one timer for the whole queue, set to when the first blocked waiter's buckets
-will have refilled (deficit / rate), plus a wake-up whenever a request ends and
-gives something back. Waiters only queue behind earlier waiters blocked on a
-bucket they also need, so one saturated key does not stall the others.
+(-priority, arrival) for up to ``queue.max_wait_ms``, unless its predicted wait
+is longer: then it is refused at once.
 
 Every admission sets OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``
 headers (the most restrictive bucket of each kind; ``reset`` is the time until
@@ -30,20 +28,29 @@ it is full again), so they are on 200 and 429 responses alike.
 
 Parts:
 
-* :mod:`.settings` — the ``plugins.ratelimit`` block and per-key ``Limits``;
-* :mod:`.store` — the :class:`~.store.BucketStore` protocol and the in-process
-  :class:`~.store.MemoryBucketStore`;
-* :mod:`.queue` — the fair priority admission queue and its timer scan;
-* :mod:`.plugin` — :class:`RateLimitPlugin`: plans, admission, settlement,
-  headers and rejections.
+* :mod:`.settings` — the ``plugins.ratelimit`` block and per-scope ``Limits``;
+* :mod:`.plan` — which buckets a request needs and how much it takes (:class:`~.plan.Planner`);
+* :mod:`.store` — the :class:`~.store.BucketStore` interface, the in-process
+  :class:`~.store.MemoryBucketStore` and the degraded :class:`~.store.LocalShareStore`;
+* :mod:`.redis_store` — :class:`~.redis_store.RedisBucketStore`, the buckets of a fleet,
+  and :mod:`.redis_scripts`, its Lua scripts;
+* :mod:`.forecast` — predicted waits (what is queued ahead, how long slots are held);
+* :mod:`.queue` — the fair priority admission queue and its scans;
+* :mod:`.responses` — the ``x-ratelimit-*`` headers and the 429s;
+* :mod:`.plugin` — :class:`RateLimitPlugin`: admission, settlement, store switching.
 """
 
 import proxy
 
-from .plugin import RateLimitPlugin, format_duration
-from .settings import Limits, QueueSettings, RateLimitSettings
+from .plugin import RateLimitPlugin
+from .responses import format_duration
+from .settings import Limits, QueueSettings, RateLimitSettings, SharedSettings
+from .store import BucketStore, LocalShareStore, MemoryBucketStore
 
-__all__ = ["Limits", "QueueSettings", "RateLimitPlugin", "RateLimitSettings", "floodgate_plugin", "format_duration"]
+__all__ = ["BucketStore", "Limits", "LocalShareStore", "MemoryBucketStore", "QueueSettings", "RateLimitPlugin",
+           "RateLimitSettings", "SharedSettings", "floodgate_plugin", "format_duration"]
 __version__ = proxy.__version__  # a built-in: versioned with Floodgate
 
 floodgate_plugin = RateLimitPlugin
+"""The rate-limit plugin: plans (which buckets a request needs, how much it takes), admission
+(at once, queued or refused), settlement when it ends, the ``x-ratelimit-*`` headers and the 429s."""

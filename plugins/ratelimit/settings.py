@@ -8,7 +8,7 @@ from pydantic import Field
 
 import proxy
 
-__all__ = ["Limits", "QueueSettings", "RateLimitSettings"]
+__all__ = ["Limits", "QueueSettings", "RateLimitSettings", "SharedSettings"]
 
 # ge=1 rather than proxy.PositiveInt: the same values, but the message users see stays "at least 1".
 _AtLeastOne = Annotated[int, Field(ge=1)]
@@ -37,6 +37,17 @@ class QueueSettings(proxy.Settings):
     max_length: _AtLeastOne = 1000
 
 
+class SharedSettings(proxy.Settings):
+    """How the limiter uses a store shared by a fleet's workers (Redis)."""
+
+    #: Seconds a concurrency slot stays held without renewal: how long a dead worker's slots stay
+    #: taken. Live requests renew theirs every third of it, so it need not cover the longest stream.
+    lease_s: Annotated[float, Field(ge=1)] = 30.0
+    #: How often a request queued for a concurrency slot asks the shared store again (another
+    #: worker's request ending does not wake this worker's queue).
+    recheck_ms: Annotated[float, Field(ge=1)] = 50.0
+
+
 class RateLimitSettings(proxy.Settings):
     """The ``plugins.ratelimit`` block. Absent scopes are not limited."""
 
@@ -51,3 +62,5 @@ class RateLimitSettings(proxy.Settings):
     upstreams: dict[str, Limits] = Field(default_factory=dict)
     #: Output tokens reserved when a request sets no max_tokens / max_completion_tokens / max_output_tokens.
     default_max_tokens: proxy.NonNegativeInt = 1024
+    #: With a shared store (a fleet): concurrency leases and re-checks.
+    shared: SharedSettings = SharedSettings()

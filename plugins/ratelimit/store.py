@@ -2,34 +2,39 @@
 
 A bucket holds up to ``burst`` units and refills at ``rate`` units per second.
 It is stored as ``(level, last_update)`` and refilled lazily when touched: no
-timer or task per bucket. A bucket with ``rate == 0`` never refills; the
-plugin uses those as concurrency slots (take 1 when a request starts, give it
-back when it ends).
+timer or task per bucket. A bucket with ``rate == 0`` never refills: it counts
+concurrency slots (take 1 when a request starts, give it back when it ends; a
+shared store keeps them as leases that expire, see :mod:`.redis_store`).
 
-The plugin talks only to :class:`BucketStore`. :class:`MemoryBucketStore` is the
-in-process implementation; a shared store (e.g. Redis, one Lua script per call)
-implements the same two operations, atomically across the claims of one call.
-Time is always passed in (``now``, monotonic seconds) so stores are testable
-with a fake clock.
+The plugin talks only to :class:`BucketStore`. Its operations return their
+answer directly when the store is in this process (:class:`MemoryBucketStore`,
+:class:`LocalShareStore`) and an awaitable when they need a round trip
+(:class:`~.redis_store.RedisBucketStore`): the memory path never creates a
+coroutine. ``now`` is the caller's monotonic clock; a shared store ignores it and
+uses its own (one clock for the whole fleet).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import NamedTuple, Protocol
 
-__all__ = ["BucketStore", "Claim", "Grant", "MemoryBucketStore"]
+__all__ = ["BucketStore", "Claim", "Grant", "LocalShareStore", "MemoryBucketStore", "Return"]
 
 # Float dust from refill arithmetic must not refuse a request that is due exactly now.
 EPSILON = 1e-9
+# Waits are rounded down by this much of a unit: a timer set for "when it is due" fires when the
+# bucket is within EPSILON of enough (never a hair before, refused by float dust).
+HALF_EPSILON = EPSILON / 2
 
 
 class Claim(NamedTuple):
     """``amount`` units wanted from bucket ``key`` (capacity ``burst``, refill ``rate``/s).
 
     ``rate`` and ``burst`` travel with every call, so a changed limit applies at
-    once and a store needs no separate configuration step.
+    once and a store needs no separate configuration step. ``rate == 0`` makes it
+    a concurrency slot.
     """
 
     key: str
@@ -47,34 +52,56 @@ class Grant(NamedTuple):
         or a claim is larger than its bucket.
     :param blocking: index of the claim needing the longest wait, ``-1`` if granted.
     :param levels: each bucket's level after the call (before it, if refused).
+    :param lease: what :meth:`BucketStore.settle` needs to find this admission's
+        concurrency slots again (a shared store's lease id; ``""`` in memory).
     """
 
     granted: bool
     wait: float
     blocking: int
     levels: tuple[float, ...]
+    lease: str = ""
+
+
+#: ``(claim, amount)``: give ``amount`` units back to ``claim``'s bucket (negative: charge more).
+Return = tuple[Claim, float]
 
 
 class BucketStore(Protocol):
-    """Where bucket levels live. Both operations are atomic over one call's claims."""
+    """Where bucket levels live. Each operation is atomic over one call's claims.
 
-    def take(self, claims: Sequence[Claim], now: float) -> Grant:
+    Each returns its answer, or an awaitable of it when the store must ask
+    another process (callers check ``isinstance(result, Grant)``). A caller
+    that stops awaiting a :meth:`take` (its client left) takes nothing: the
+    store gives back whatever it granted.
+    """
+
+    #: Other processes take and give back too: a waiter cannot count on this
+    #: process's give-backs to wake it, so the queue re-checks now and then.
+    shared: bool
+
+    def take(self, claims: Sequence[Claim], now: float) -> Grant | Awaitable[Grant]:
         """All or nothing: take every claim's amount if every bucket has it, else none.
 
         Claims of one call must name distinct keys.
         """
         ...
 
-    def peek(self, claims: Sequence[Claim], now: float) -> Grant:
+    def peek(self, claims: Sequence[Claim], now: float) -> Grant | Awaitable[Grant]:
         """What :meth:`take` would answer now, without taking anything."""
         ...
 
-    def give_back(self, claim: Claim, amount: float, now: float) -> float:
-        """Return ``amount`` units to ``claim``'s bucket (capped at its burst).
+    def settle(self, returns: Sequence[Return], lease: str, now: float) -> Awaitable[None] | None:
+        """Give back what a finished request did not use, in one step.
 
-        A negative ``amount`` charges more: the level may drop below zero (a debt
-        the refill pays off before anyone else is served). Returns the new level.
+        A token bucket gets ``amount`` back (capped at its burst; a negative
+        amount charges an overrun, leaving a debt the refill pays off first); a
+        concurrency slot (``rate == 0``) is released, ``lease`` naming it.
         """
+        ...
+
+    def close(self) -> Awaitable[None] | None:
+        """Stop background work (a shared store's lease renewals)."""
         ...
 
 
@@ -84,6 +111,8 @@ class MemoryBucketStore:
     Full buckets are indistinguishable from new ones, so every ``prune_every``
     takes they are dropped: the dict holds only buckets that are in use.
     """
+
+    shared = False
 
     def __init__(self, *, prune_every: int = 4096) -> None:
         self._buckets: dict[str, list[float]] = {}
@@ -113,14 +142,11 @@ class MemoryBucketStore:
         for i, (claim, bucket) in enumerate(zip(claims, buckets)):
             short = claim.amount - bucket[0]
             if short > EPSILON:
-                if claim.rate > 0 and claim.amount <= claim.burst:
-                    needed = short / claim.rate
-                else:
-                    needed = math.inf
+                rate = claim.rate
+                needed = (short - HALF_EPSILON) / rate if rate > 0 and claim.amount <= claim.burst else math.inf
                 if blocking < 0 or needed > wait:
                     wait, blocking = needed, i
-        levels = tuple(b[0] for b in buckets)
-        return buckets, Grant(blocking < 0, wait, blocking, levels)
+        return buckets, Grant(blocking < 0, wait, blocking, tuple(b[0] for b in buckets))
 
     def peek(self, claims: Sequence[Claim], now: float) -> Grant:
         return self._check(claims, now)[1]
@@ -138,10 +164,17 @@ class MemoryBucketStore:
         return grant._replace(levels=tuple(b[0] for b in buckets))
 
     def give_back(self, claim: Claim, amount: float, now: float) -> float:
+        """Return ``amount`` units to ``claim``'s bucket (capped at its burst); the new level."""
         bucket = self._bucket(claim, now)
-        level = bucket[0] + amount
-        bucket[0] = min(level, claim.burst)
+        bucket[0] = min(bucket[0] + amount, claim.burst)
         return bucket[0]
+
+    def settle(self, returns: Sequence[Return], lease: str, now: float) -> None:
+        for claim, amount in returns:
+            self.give_back(claim, amount, now)
+
+    def close(self) -> None:
+        return None
 
     def prune(self, now: float) -> None:
         """Drop the buckets that are full by now (they would be recreated full)."""
@@ -149,3 +182,35 @@ class MemoryBucketStore:
                 if level + max(0.0, now - updated) * rate >= burst]
         for key in full:
             del self._buckets[key]
+
+
+class LocalShareStore(MemoryBucketStore):
+    """This process's share of shared limits: every rate and capacity divided by ``workers``.
+
+    The fallback while the shared store is unreachable: each of ``workers``
+    processes enforces ``limit / workers`` from local buckets, so together they
+    stay within the limit. A share is never smaller than one request's claim (a
+    share of a concurrency limit below one slot would refuse every request), so
+    with limits smaller than the number of workers the fleet may exceed them by
+    at most one request per worker.
+    """
+
+    def __init__(self, workers: int, *, prune_every: int = 4096) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
+        super().__init__(prune_every=prune_every)
+        self.workers = workers
+
+    def _share(self, claims: Sequence[Claim]) -> list[Claim]:
+        n = self.workers
+        return [Claim(c.key, c.rate / n, max(c.burst / n, c.amount), c.amount) for c in claims]
+
+    def peek(self, claims: Sequence[Claim], now: float) -> Grant:
+        return super().peek(self._share(claims), now)
+
+    def take(self, claims: Sequence[Claim], now: float) -> Grant:
+        return super().take(self._share(claims), now)
+
+    def settle(self, returns: Sequence[Return], lease: str, now: float) -> None:
+        shares = self._share([claim for claim, _ in returns])
+        super().settle([(share, amount) for share, (_, amount) in zip(shares, returns)], lease, now)

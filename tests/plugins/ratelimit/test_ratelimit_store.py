@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from plugins.ratelimit.store import Claim, MemoryBucketStore
+from plugins.ratelimit.store import Claim, LocalShareStore, MemoryBucketStore
 
 
 def test_store_refills_lazily_and_caps_at_burst() -> None:
@@ -68,3 +68,38 @@ def test_store_prunes_full_buckets() -> None:
     store.take([Claim("b", 1.0, 1.0, 1.0)], now=5.0)  # second take: prune; "a" is full again by now
     assert len(store) == 1
     assert store.peek([Claim("b", 1.0, 1.0, 1.0)], now=5.0).levels == (0.0,)
+
+
+def test_store_settle_gives_back_in_one_call() -> None:
+    store = MemoryBucketStore()
+    tokens = Claim("t", rate=1.0, burst=100.0, amount=60.0)
+    slot = Claim("c", rate=0.0, burst=1.0, amount=1.0)
+    assert store.take([tokens, slot], now=0.0).granted
+    assert not store.take([slot], now=5.0).granted
+    assert store.settle([(tokens, 50.0), (slot, 1.0)], lease="", now=0.0) is None  # synchronous: no coroutine
+    assert store.peek([tokens, slot], now=0.0).levels == (90.0, 1.0)
+
+
+def test_local_share_divides_every_limit_by_the_workers() -> None:
+    """The degraded fallback: each of 4 workers enforces a quarter of each limit from local buckets."""
+    store = LocalShareStore(4)
+    requests = Claim("r", rate=8.0, burst=8.0, amount=1.0)  # a share: 2/s, burst 2
+    assert [store.take([requests], now=0.0).granted for _ in range(3)] == [True, True, False]
+    grant = store.peek([requests], now=0.0)
+    assert grant.wait == pytest.approx(0.5)  # refills at 2/s
+    tokens = Claim("t", rate=100.0, burst=1000.0, amount=200.0)  # a share: 250 tokens
+    assert store.take([tokens], now=0.0).granted
+    assert not store.take([tokens], now=0.0).granted
+    store.settle([(tokens, 150.0)], lease="", now=0.0)  # the refund lands in the share, capped at it
+    assert store.peek([tokens], now=0.0).levels == (200.0,)
+
+
+def test_a_local_share_is_never_smaller_than_one_request() -> None:
+    store = LocalShareStore(4)
+    slot = Claim("c", rate=0.0, burst=2.0, amount=1.0)  # half a slot per worker would refuse everyone
+    assert store.take([slot], now=0.0).granted
+    assert not store.take([slot], now=0.0).granted
+    store.settle([(slot, 1.0)], lease="", now=0.0)
+    assert store.take([slot], now=0.0).granted
+    with pytest.raises(ValueError):
+        LocalShareStore(0)

@@ -1,0 +1,285 @@
+"""Token buckets and concurrency leases in Redis: one set of limits for a whole fleet.
+
+What :class:`~.store.MemoryBucketStore` does in one process, fleet-wide:
+
+* **One round trip per admission**, a Lua script atomic over all the request's
+  claims (all or nothing), timed by Redis's clock, never the workers'
+  (:mod:`.redis_scripts`). Admissions a worker makes while its previous call is
+  on its way go together in the next one: one round trip serves them all, so a
+  busy worker pays less per request, and an idle one waits no longer.
+* **Token buckets** are refilled lazily as in memory and expire when they would
+  be full again (time to refill + ``ttl_margin``): Redis holds only buckets in
+  use, whatever the number of keys and models.
+* **Concurrency slots are leases.** A live request's leases are renewed every
+  ``renew_every`` seconds (one round trip per worker for all of them), so a long
+  stream keeps its slot; a dead worker stops renewing and its slots come back by
+  themselves within ``lease`` seconds.
+* **One round trip at finish**: settlements (unused tokens back, overruns
+  charged, leases released) are batched the same way.
+
+A caller that stops waiting for an admission (its client left) takes nothing:
+what the store granted it goes back with the next settlements.
+
+Every key is ``prefix + bucket key`` (``<prefix>key:alice:requests``). With Redis
+Cluster put a hash tag in the prefix (``{floodgate}:rl:``): a script's keys must
+live in one slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+
+from redis.asyncio import Redis
+
+from .redis_scripts import RENEW, SETTLE, TAKE
+from .store import Claim, Grant, Return
+
+__all__ = ["RedisBucketStore"]
+
+log = logging.getLogger("floodgate.ratelimit")
+
+
+class _Answered(Protocol):
+    @property
+    def future(self) -> asyncio.Future[Any] | None: ...
+
+
+T = TypeVar("T", bound=_Answered)
+#: Buckets whose Redis key and parameters are kept encoded; past it the memory starts again.
+_ENCODED_MAX = 10_000
+
+
+class _Ask(NamedTuple):
+    keys: list[str]
+    claims: str  # "rate burst amount" per key
+    take: bool
+    lease: str
+    slots: list[str]  # its lease sets (if it takes)
+    future: asyncio.Future[Grant]
+
+
+class _Give(NamedTuple):
+    keys: list[str]
+    claims: str
+    lease: str
+    future: asyncio.Future[None] | None  # None: a give-back nobody waits for
+
+
+class _Batches(Generic[T]):
+    """One call on its way at a time; what is added meanwhile goes in the next, together."""
+
+    def __init__(self, send: Callable[[list[T]], Awaitable[None]]) -> None:
+        self._send = send
+        self._pending: list[T] = []
+        self._ready: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, item: T) -> None:
+        self._pending.append(item)
+        if self._task is None:
+            self._ready = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        assert self._ready is not None
+        self._ready.set()
+
+    async def _run(self) -> None:
+        assert self._ready is not None
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            batch, self._pending = self._pending, []
+            try:
+                await self._send(batch)  # answers every item, errors included
+            except BaseException as exc:  # cancelled (closing), or a bug: nobody may wait for ever
+                _fail(batch, exc if isinstance(exc, Exception) else ConnectionError("the bucket store was closed"))
+                if not isinstance(exc, Exception):
+                    raise
+                log.exception("rate limit: a call to Redis failed")
+
+    async def close(self) -> list[T]:
+        """Stop; the items no call will answer now."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        left, self._pending = self._pending, []
+        return left
+
+
+def _fail(items: Sequence[_Answered], error: Exception) -> None:
+    for item in items:
+        if item.future is not None and not item.future.done():
+            item.future.set_exception(error)
+
+
+class RedisBucketStore:
+    """The :class:`~.store.BucketStore` of a fleet: buckets and leases in Redis.
+
+    :param redis: a ``redis.asyncio.Redis`` client (bytes or decoded responses both work).
+    :param prefix: put before every key; one prefix per gateway fleet.
+    :param lease: seconds a concurrency slot stays held without renewal: how long
+        the slots of a worker that died stay taken.
+    :param renew_every: seconds between renewals of this process's live leases
+        (default a third of ``lease``, so two renewals may fail before one lapses).
+    :param ttl_margin: seconds every key outlives the moment it would be full (or
+        its last lease lapse), so no key vanishes while it still matters.
+    """
+
+    shared = True
+
+    def __init__(self, redis: Redis, prefix: str, *, lease: float = 30.0, renew_every: float | None = None,
+                 ttl_margin: float = 1.0) -> None:
+        if lease <= 0 or ttl_margin < 0:
+            raise ValueError("lease must be positive and ttl_margin not negative")
+        self.redis = redis
+        self.prefix = prefix
+        self.lease = lease
+        self.renew_every = renew_every if renew_every is not None else lease / 3
+        self.ttl_margin = ttl_margin
+        self._take = redis.register_script(TAKE)
+        self._settle = redis.register_script(SETTLE)
+        self._renew = redis.register_script(RENEW)
+        worker = os.urandom(6).hex()  # lease ids are unique across the fleet without coordination
+        self._lease_ids = (f"{worker}:{n}" for n in itertools.count(1))
+        self._asks: _Batches[_Ask] = _Batches(self._send_asks)
+        self._gives: _Batches[_Give] = _Batches(self._send_gives)
+        self._live: dict[str, list[str]] = {}  # lease id -> the lease sets it holds a slot in
+        self._encoded: dict[str, tuple[float, float, str, str]] = {}  # bucket -> rate, burst, key, "rate burst "
+        self._renewer: asyncio.Task[None] | None = None
+        self._failing = False
+
+    @property
+    def live_leases(self) -> int:
+        """Admissions of this process holding concurrency slots now."""
+        return len(self._live)
+
+    # -- the store interface ---------------------------------------------------------
+    def take(self, claims: Sequence[Claim], now: float) -> asyncio.Future[Grant]:
+        return self._ask(claims, True)
+
+    def peek(self, claims: Sequence[Claim], now: float) -> asyncio.Future[Grant]:
+        return self._ask(claims, False)
+
+    def settle(self, returns: Sequence[Return], lease: str, now: float) -> asyncio.Future[None] | None:
+        if not returns:
+            return None
+        self._live.pop(lease, None)  # no longer renewed, even if this call fails: it lapses by itself
+        keys, claims = self._encode([claim for claim, _ in returns], [amount for _, amount in returns])
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._gives.add(_Give(keys, claims, lease, future))
+        return future
+
+    async def close(self) -> None:
+        """Stop renewing leases and sending (at shutdown: requests still in flight are then
+        bounded by ``lease``); calls not sent fail with ``ConnectionError``."""
+        task, self._renewer = self._renewer, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        closed = ConnectionError("the bucket store was closed")
+        _fail(await self._asks.close(), closed)
+        _fail(await self._gives.close(), closed)
+
+    # -- calls -------------------------------------------------------------------------
+    def _encode(self, claims: Sequence[Claim], amounts: Sequence[float]) -> tuple[list[str], str]:
+        """The claims' Redis keys, and their "rate burst amount" argument."""
+        encoded = self._encoded
+        keys: list[str] = []
+        parts: list[str] = []
+        for claim, amount in zip(claims, amounts):
+            entry = encoded.get(claim.key)
+            if entry is None or entry[0] != claim.rate or entry[1] != claim.burst:
+                if len(encoded) >= _ENCODED_MAX:
+                    encoded.clear()
+                entry = encoded[claim.key] = (claim.rate, claim.burst, self.prefix + claim.key,
+                                              f"{claim.rate!r} {claim.burst!r} ")
+            keys.append(entry[2])
+            parts.append(entry[3] + repr(float(amount)))
+        return keys, " ".join(parts)
+
+    def _ask(self, claims: Sequence[Claim], take: bool) -> asyncio.Future[Grant]:
+        keys, encoded = self._encode(claims, [claim.amount for claim in claims])
+        slots = [key for key, claim in zip(keys, claims) if claim.rate <= 0] if take else []
+        future: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
+        self._asks.add(_Ask(keys, encoded, take, next(self._lease_ids) if slots else "", slots, future))
+        return future
+
+    async def _send_asks(self, batch: list[_Ask]) -> None:
+        keys: list[str] = []
+        args: list[str | float | int] = [self.lease, self.ttl_margin]
+        for ask in batch:
+            keys += ask.keys
+            args += (len(ask.keys), ask.claims, "1" if ask.take else "0", ask.lease)
+        try:
+            replies = await self._take(keys, args)
+        except Exception as exc:
+            self._failed("admissions", exc)
+            _fail(batch, exc)
+            return
+        self._failing = False
+        for ask, reply in zip(batch, replies):
+            out = reply.split()
+            granted = out[0] in (b"1", "1")
+            lease = ask.lease if granted else ""
+            if granted and ask.slots:
+                self._live[lease] = ask.slots
+                if self._renewer is None:
+                    self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
+            if ask.future.done():  # its caller stopped waiting: it takes nothing
+                if granted and ask.take:
+                    self._live.pop(lease, None)
+                    self._gives.add(_Give(ask.keys, ask.claims, lease, None))
+                continue
+            ask.future.set_result(Grant(granted, float(out[2]), int(out[1]), tuple(map(float, out[3:])), lease))
+
+    async def _send_gives(self, batch: list[_Give]) -> None:
+        keys: list[str] = []
+        args: list[str | float | int] = [self.ttl_margin]
+        for give in batch:
+            keys += give.keys
+            args += (len(give.keys), give.claims, give.lease)
+        try:
+            await self._settle(keys, args)
+        except Exception as exc:
+            self._failed("settlements", exc)
+            _fail(batch, exc)
+            return
+        self._failing = False
+        for give in batch:
+            if give.future is not None and not give.future.done():
+                give.future.set_result(None)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        if not self._failing:  # once per outage, not once per call
+            self._failing = True
+            log.warning("rate limit: Redis failed %s: %s", what, exc)
+
+    # -- leases ------------------------------------------------------------------------
+    async def renew(self) -> int:
+        """Extend every live lease of this process by ``lease`` seconds; how many were still live."""
+        held = [(key, lease) for lease, keys in list(self._live.items()) for key in keys]
+        if not held:
+            return 0
+        kept = int(await self._renew([key for key, _ in held], [self.lease, self.ttl_margin,
+                                                                 *(lease for _, lease in held)]))
+        if kept < len(held):
+            log.warning("%d of %d concurrency leases lapsed before their renewal (was this worker stalled "
+                        "for %gs?): their slots may have been granted again", len(held) - kept, len(held),
+                        self.lease)
+        return kept
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.renew_every)
+            try:
+                await self.renew()
+            except Exception as exc:  # Redis away: the leases lapse unless a later renewal gets through
+                self._failed("lease renewals", exc)
