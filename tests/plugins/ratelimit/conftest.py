@@ -14,11 +14,6 @@ from plugins.ratelimit.store import BucketStore
 from proxy.testing import PluginHarness
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Until pyproject.toml registers it for the whole suite.
-    config.addinivalue_line("markers", "e2e: end to end through processes or under load (slower)")
-
-
 class Limiter:
     """A :class:`PluginHarness` around one :class:`RateLimitPlugin`, with shortcuts."""
 
