@@ -201,9 +201,14 @@ class CostPlugin:
         cost = self.prices.cost(ctx)
         ctx.cost = cost
         key = ctx.principal.name
+        usd = cost or 0.0
         if self.ledger is not None:
             self.ledger.append(self._row(ctx, now, cost))
-        usd = cost or 0.0
+        for loser in self._hedge_losers(ctx):
+            loser_cost = self.prices.attempt_cost(loser)
+            usd += loser_cost or 0.0
+            if self.ledger is not None:
+                self.ledger.append(self._loser_row(ctx, loser, now, loser_cost))
         target, usage = ctx.target, ctx.usage
         if cost is None:
             self._unpriced(key, ctx.kind.value).inc()
@@ -245,6 +250,23 @@ class CostPlugin:
             usage.cached_tokens if usage else 0, ctx.usage_estimated, cost or 0.0, ctx.status,
             ctx.timings.total * 1000.0, ctx.endpoint, reply.source if reply else None, ctx.kind.value,
             ctx.method, ctx.request_bytes, ctx.response_bytes, cost is None)
+
+    @staticmethod
+    def _hedge_losers(ctx: proxy.RequestContext) -> list[proxy.AttemptRecord]:
+        """Attempts that lost a hedged race: the upstream did work for them, so they are billed."""
+        return [a for a in ctx.attempts if a.hedged and not a.committed and a.usage is not None]
+
+    def _loser_row(self, ctx: proxy.RequestContext, attempt: proxy.AttemptRecord, now: float,
+                   cost: float | None) -> Row:
+        self._rows += 1
+        usage = attempt.usage
+        assert usage is not None
+        return Row(
+            f"{self._row_prefix}{self._rows:x}", ctx.request_id, now, ctx.principal.name, ctx.model,
+            attempt.target.model, ctx.route.name if ctx.route else None, 1, usage.prompt_tokens,
+            usage.completion_tokens, usage.cached_tokens, attempt.usage_estimated, cost or 0.0, 0,
+            attempt.duration * 1000.0, ctx.endpoint, None, ctx.kind.value, ctx.method, 0, 0, cost is None,
+            hedged=True)
 
     def _limits(self, policy: proxy.KeyPolicy) -> Limits:
         """A key's caps: its own values, else the plugin's default."""

@@ -35,6 +35,11 @@ class Prices:
         price = self.price(target.model)
         return price.cost(ctx.usage) if price is not None else None
 
+    def attempt_cost(self, attempt: proxy.AttemptRecord) -> float | None:
+        """What one attempt's own usage cost (a hedged attempt that lost the race)."""
+        price = self.price(attempt.target.model)
+        return price.cost(attempt.usage) if price is not None and attempt.usage is not None else None
+
     def maximum(self, ctx: proxy.RequestContext) -> float | None:
         """The most the request may cost: estimated prompt × input price + its output limit ×
         output price, at the dearest of the route's priced targets (a fallback may cost more),

@@ -85,7 +85,9 @@ def summary_query(by: str, since: float | None, placeholder: str) -> tuple[str, 
     expr = GROUPS[by]
     where, params = (f"WHERE epoch >= {placeholder}", (since,)) if since is not None else ("", ())
     order = "grp" if by == "day" else "cost DESC, grp"
-    return (f"SELECT {expr} AS grp, COUNT(*), COALESCE(SUM(prompt_tokens), 0), "
+    # A hedged race's losing attempt has a row of its own (its tokens and cost count) but is
+    # not a request of its own.
+    return (f"SELECT {expr} AS grp, COUNT(*) - COALESCE(SUM(hedged), 0), COALESCE(SUM(prompt_tokens), 0), "
             "COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cached_tokens), 0), "
             "COALESCE(SUM(cost_usd), 0.0) AS cost, COALESCE(SUM(estimated), 0), COALESCE(SUM(unpriced), 0), "
             "COALESCE(SUM(request_bytes), 0), COALESCE(SUM(response_bytes), 0) "

@@ -22,7 +22,9 @@ class Row(NamedTuple):
     (``status`` 0, its maximum cost, ``estimated``), replaced by its final row when
     it finishes: if its gateway dies in between, the provisional row is what stays.
     ``unpriced`` rows (passthrough, models without a price) have a cost the gateway
-    cannot know: ``cost_usd`` is 0 there and means "unknown".
+    cannot know: ``cost_usd`` is 0 there and means "unknown". A hedged request
+    (two attempts raced) has one more row per attempt that lost the race,
+    ``hedged`` marked: its usage as reported or estimated, its cost, status 0.
     """
 
     row_id: str
@@ -47,6 +49,7 @@ class Row(NamedTuple):
     request_bytes: int
     response_bytes: int
     unpriced: bool
+    hedged: bool = False
 
 
 #: The table's columns in insert order: ``ts`` (text of ``epoch``) follows ``request_id``.
@@ -61,7 +64,7 @@ UPSERT = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[1:])
 def values(row: Row) -> tuple[Any, ...]:
     """The row as the insert's parameters (booleans as 0/1 for both backends)."""
     return (row.row_id, row.request_id, iso_utc(row.epoch), *row[2:11], int(row.estimated), *row[12:21],
-            int(row.unpriced))
+            int(row.unpriced), int(row.hedged))
 
 
 def encode(row: Row) -> bytes:
@@ -72,7 +75,9 @@ def encode(row: Row) -> bytes:
 def decode(line: bytes) -> Row:
     """A journal line back to its row. Raises :class:`ValueError` on a torn or foreign line."""
     data = orjson.loads(line)
-    if not isinstance(data, list) or len(data) != len(Row._fields):
+    # Journals written before a field was added lack its trailing value: the default fills in.
+    required = len(Row._fields) - len(Row._field_defaults)
+    if not isinstance(data, list) or not required <= len(data) <= len(Row._fields):
         raise ValueError("not a ledger row")
     return Row(*data)
 

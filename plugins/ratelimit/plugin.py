@@ -187,6 +187,11 @@ class RateLimitPlugin:
 
     # -- settlement ---------------------------------------------------------
     @proxy.hookimpl
+    def proxy_overloaded(self, ctx: proxy.RequestContext) -> str | None:
+        """While requests wait for capacity, the gateway adds no optional load (no hedges)."""
+        return "ratelimit queue" if len(self.queue) else None
+
+    @proxy.hookimpl
     def proxy_finished(self, ctx: proxy.RequestContext) -> None:
         """Release concurrency slots, settle the token reservation, wake the queue."""
         admission: Admission | None = ctx.state.pop(_STATE, None)

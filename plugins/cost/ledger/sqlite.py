@@ -48,14 +48,15 @@ CREATE TABLE IF NOT EXISTS usage (
     method            TEXT,
     request_bytes     INTEGER NOT NULL DEFAULT 0,
     response_bytes    INTEGER NOT NULL DEFAULT 0,
-    unpriced          INTEGER NOT NULL DEFAULT 0  -- 1: the upstream was used but the cost is unknown
+    unpriced          INTEGER NOT NULL DEFAULT 0, -- 1: the upstream was used but the cost is unknown
+    hedged            INTEGER NOT NULL DEFAULT 0  -- 1: an attempt that lost a hedged race
 )"""
 
 #: Columns added since the first schema, with their definitions: existing files are migrated in place.
 ADDED_COLUMNS = {
     "row_id": "TEXT", "kind": "TEXT", "method": "TEXT",
     "request_bytes": "INTEGER NOT NULL DEFAULT 0", "response_bytes": "INTEGER NOT NULL DEFAULT 0",
-    "unpriced": "INTEGER NOT NULL DEFAULT 0",
+    "unpriced": "INTEGER NOT NULL DEFAULT 0", "hedged": "INTEGER NOT NULL DEFAULT 0",
 }
 
 _INDEXES = ("CREATE UNIQUE INDEX IF NOT EXISTS usage_row_id ON usage (row_id)",

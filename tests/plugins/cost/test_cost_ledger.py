@@ -328,3 +328,23 @@ async def test_floodgate_usage_reads_the_postgresql_ledger(pg_schema, tmp_path, 
     assert code == 0
     report = orjson.loads(capsys.readouterr().out)
     assert [(g["group"], g["cost_usd"]) for g in report["groups"]] == [("shop", 0.5), ("bot", 0.25)]
+
+
+async def test_a_hedged_race_bills_both_attempts_and_counts_one_request(tmp_path):
+    clock = proxy.ManualClock()
+    plugin = CostPlugin(clock=clock)
+    async with PluginHarness(plugin, clock=clock, settings={"cost": {"ledger": {"path": str(tmp_path / "u.db")}}}) as h:
+        ctx = await h.route(h.context())
+        slow = h.attempt(ctx, target=ctx.config.target("gpt-4.1"), status=200, error="cancelled", duration=0.4)
+        slow.hedged, slow.usage, slow.usage_estimated = True, proxy.Usage(12, 0), True
+        fast = h.attempt(ctx, target=ctx.config.target("deepseek-v3.2"), status=200, usage=proxy.Usage(12, 30))
+        fast.hedged = fast.hedge = fast.committed = True
+        await h.finished(ctx)
+        report = await plugin.ledger.report(since=None, by="model")
+    by_model = {g["group"]: g for g in report["groups"]}
+    loser = proxy.Price(input=2.0, output=8.0).cost(proxy.Usage(12, 0))
+    winner = proxy.Price(input=0.28, output=0.42).cost(proxy.Usage(12, 30))
+    assert by_model["gpt-4.1"]["cost_usd"] == pytest.approx(loser) and by_model["gpt-4.1"]["requests"] == 0
+    assert by_model["gpt-4.1"]["estimated"] == 1
+    assert by_model["deepseek-v3.2"]["requests"] == 1
+    assert report["total"]["requests"] == 1 and report["total"]["cost_usd"] == pytest.approx(loser + winner)

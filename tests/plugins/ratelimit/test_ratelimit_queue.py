@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 import proxy
+from plugins.ratelimit import RateLimitPlugin
 from plugins.ratelimit.store import Grant, MemoryBucketStore
+from proxy.testing import PluginHarness
 
 
 def no_waiter_timed_out(lim: Any) -> bool:
@@ -308,3 +310,17 @@ async def test_a_failing_store_leaves_waiters_to_their_deadlines(limiter: Any,
     store.failing = False
     await lim.advance(0.1)  # ...the next re-check admits it
     assert recovering.done() and recovering.exception() is None
+
+
+async def test_the_queue_tells_the_gateway_it_is_holding_load_back() -> None:
+    clock = proxy.ManualClock()
+    plugin = RateLimitPlugin(clock=clock)
+    async with PluginHarness(plugin, clock=clock, settings={"ratelimit": {
+            "global": {"requests_per_second": 1, "burst": 1}, "queue": {"max_wait_ms": 5000}}}) as h:
+        assert plugin.proxy_overloaded(h.context()) is None
+        h.admit_now(h.context())
+        waiting = h.spawn(h.admit(h.context()))
+        await h.settle()
+        assert plugin.proxy_overloaded(h.context()) == "ratelimit queue"  # no hedging into an overload
+        await h.advance(1.0)
+        assert waiting.done() and plugin.proxy_overloaded(h.context()) is None
