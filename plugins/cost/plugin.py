@@ -44,7 +44,7 @@ class CostPlugin:
     @proxy.hookimpl
     def proxy_configure(self, config: proxy.Config, registry: CollectorRegistry) -> None:
         self.settings = settings = config.plugin_settings(self.name, CostSettings)
-        self._prices = {name: model.price for name, model in config.models.items()}
+        self._prices = {name: model.price for name, model in config.models.items() if model.price is not None}
         self._default = (settings.default_budget.daily_usd, settings.default_budget.monthly_usd)
         ledger = settings.ledger
         if ledger.enabled:
