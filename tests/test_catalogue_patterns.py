@@ -65,8 +65,8 @@ def test_upstream_model_templates():
     """)
     assert config.target("openai/gpt-5").upstream_model == "gpt-5"
     assert config.target("x/y").upstream_model == "y-via-x (x/y)"
-    assert config.listed_name("main", "gpt-5") == "openai/gpt-5"  # the reverse, for /v1/models
-    assert config.listed_name("other", "gpt-5") is None  # "{2}-via-{1}" cannot be reversed
+    assert config.listed_names("main", "gpt-5") == ["openai/gpt-5"]  # the reverse, for /v1/models
+    assert config.listed_names("other", "gpt-5") == []  # "{2}-via-{1}" cannot be reversed
     assert config.resolve("nothing") is None
 
 

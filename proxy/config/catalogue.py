@@ -144,11 +144,11 @@ class Config:
         """The catalogue's patterns in the order they are tried."""
         return tuple(p.text for p in self._lookup.patterns)
 
-    def listed_name(self, upstream: str, upstream_id: str) -> str | None:
-        """The client-facing name of a model ``upstream`` lists as ``upstream_id`` when one of the
-        catalogue's patterns serves it (and no exact entry or alias has that name), else ``None``."""
-        name = self._lookup.listed_name(upstream, upstream_id)
-        return name if name is not None and name not in self.aliases else None
+    def listed_names(self, upstream: str, upstream_id: str) -> list[str]:
+        """The client-facing names under which the catalogue's patterns serve a model ``upstream``
+        lists as ``upstream_id`` (``openai/*`` with ``upstream_model: "{1}"`` serves ``gpt-5`` as
+        ``openai/gpt-5``); names of exact entries and aliases are left out."""
+        return [n for n in self._lookup.listed_names(upstream, upstream_id) if n not in self.aliases]
 
     def target(self, model: str) -> Target:
         """The :class:`Target` of a model the catalogue serves (``KeyError`` otherwise): built at

@@ -88,15 +88,16 @@ class ModelLookup:
         """How many pattern-matched names have a cached target now."""
         return len(self._concrete)
 
-    def listed_name(self, upstream: str, upstream_id: str) -> str | None:
-        """The name clients use for a model ``upstream`` lists as ``upstream_id``, when a pattern
-        sending to that upstream serves it under a name that can be told (see
-        :meth:`Pattern.client_name`) and no exact entry or earlier pattern takes that name."""
+    def listed_names(self, upstream: str, upstream_id: str) -> list[str]:
+        """The names clients use for a model ``upstream`` lists as ``upstream_id``: one per pattern
+        sending to that upstream that serves it under a name that can be told (see
+        :meth:`Pattern.client_name`) and that no exact entry or earlier pattern takes."""
+        names = []
         for pattern in self.patterns:
             entry = self._models[pattern.text]
             if entry.upstream != upstream:
                 continue
             name = pattern.client_name(entry.upstream_model, upstream_id)
             if name is not None and name not in self._exact and self.entry_name(name) == pattern.text:
-                return name
-        return None
+                names.append(name)
+        return names
