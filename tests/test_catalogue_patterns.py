@@ -79,6 +79,11 @@ def test_aliases_and_fallbacks_may_name_what_a_pattern_serves():
     assert config.resolve("newest") == "gpt-5"
     assert [t.model for t in config.targets_with_fallbacks("gpt-5.1")] == ["gpt-5.1", "deepseek-v3.2"]
     assert [t.model for t in config.targets_with_fallbacks("deepseek-v3.2")] == ["deepseek-v3.2", "gpt-5"]
+    # An alias is an exact name: it wins over a pattern that matches it; a route name is never a model.
+    config = catalogue('"*": {upstream: main, price: null}\ndeepseek-v3.2: {upstream: main}\n',
+                       aliases="  gpt-4o: deepseek-v3.2\n")
+    config.check_aliases({"auto"})
+    assert (config.resolve("gpt-4o"), config.resolve("auto"), config.resolve("x")) == ("deepseek-v3.2", None, "x")
 
 
 def test_pattern_entries_are_checked_at_start_up():
