@@ -109,12 +109,21 @@ def _configure(pm: pluggy.PluginManager, hooks: Hooks, config: Config, registry:
 
 
 def _add_routes(app: web.Application, gateway: Gateway) -> None:
+    """The gateway owns ``POST`` on the model endpoints and ``GET`` on ``/models[/{id}]``, with or
+    without ``/v1``; every other method and path passes through (``/-/`` excepted).
+
+    aiohttp tries the most specific path first whatever the registration order, so the
+    catch-alls only get what nothing else (admin endpoints, plugins' routes) serves; a path
+    the gateway owns with another method falls through to them too.
+    """
     router = app.router
     for prefix in ("/v1", ""):
         for endpoint in MODEL_ENDPOINTS:
-            router.add_route("*", f"{prefix}/{endpoint}", gateway.model_handler(endpoint))
-        router.add_route("*", f"{prefix}/models", gateway.models)
-        router.add_route("*", f"{prefix}/models/{{model_id}}", gateway.models)
+            router.add_post(f"{prefix}/{endpoint}", gateway.model_handler(endpoint))
+        router.add_get(f"{prefix}/models", gateway.models)
+        router.add_get(f"{prefix}/models/{{model_id}}", gateway.models)
+    router.add_route("*", "/v1/{tail:.*}", gateway.passthrough)
+    router.add_route("*", "/{tail:.*}", gateway.passthrough)
 
 
 @web.middleware

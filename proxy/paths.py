@@ -10,6 +10,7 @@ path (:func:`upstream_url` checks that again).
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from collections.abc import Mapping
 
@@ -19,6 +20,8 @@ from .errors import Rejection
 
 # Escapes that would decode into a path separator or a string terminator.
 _FORBIDDEN_ESCAPES = ("%2f", "%5c", "%00")
+# The gateway's own model lookup, whose one segment (the id) may hold encoded slashes.
+_MODEL_LOOKUP = re.compile(r"^/(?:v1/)?models/[^/]+$")
 
 
 def _refuse(reason: str) -> Rejection:
@@ -26,15 +29,21 @@ def _refuse(reason: str) -> Rejection:
                      should_retry=False)
 
 
-def checked_path(raw_path: str) -> str:
+def checked_path(raw_path: str, *, model_lookup: bool = False) -> str:
     """The decoded path of a request target (``request.raw_path``), or raise 400.
 
     The query string is not part of the check (it is relayed as it came).
+
+    :param model_lookup: the request is a ``GET``/``HEAD``, which the gateway answers itself
+        on ``/v1/models/{id}``: there (only) an encoded slash is part of the model id
+        (``openai%2Fgpt-5``, as SDKs send a pattern's name); it never reaches an upstream.
     """
     path = raw_path.partition("?")[0].partition("#")[0]
     if not path.startswith("/"):
         raise _refuse("only origin-form targets (/v1/...) are accepted")
     lowered = path.lower()
+    if model_lookup and _MODEL_LOOKUP.match(path):
+        lowered = lowered.replace("%2f", "")
     if any(escape in lowered for escape in _FORBIDDEN_ESCAPES):
         raise _refuse("encoded slashes, backslashes and NUL are not allowed")
     try:
@@ -77,7 +86,7 @@ def passthrough_tail(decoded: str, owned: frozenset[str]) -> str:
     refused: an upstream that matches paths case-insensitively would otherwise
     serve it past every policy.
     """
-    tail = decoded[4:] if decoded.startswith("/v1/") else decoded[1:]
+    tail = decoded[4:] if decoded.startswith("/v1/") else "" if decoded == "/v1" else decoded[1:]
     lowered = tail.lower()
     if lowered != tail and any(lowered == p or lowered.startswith(p + "/") for p in owned):
         raise _refuse("endpoint names are lower case")

@@ -71,11 +71,14 @@ async def test_unknown_model_via_sdk(floodgate, openai_schema):
         await gw.openai().chat.completions.create(model="gpt-9", messages=MESSAGES)
 
 
-async def test_wrong_method(floodgate, openai_schema):
+async def test_other_methods_reach_the_upstream(floodgate, mock_upstream, openai_schema):
+    """Floodgate owns POST on model endpoints and GET on /v1/models; other methods pass through
+    (here to a mock that has no such endpoint: its 404 is relayed in OpenAI's shape)."""
     gw = await floodgate()
-    error = await _error(await gw.client.get("/v1/chat/completions"), 405, openai_schema)
-    assert "POST" in error["message"]
-    await _error(await gw.client.delete("/v1/models"), 405, openai_schema)
+    error = await _error(await gw.client.get("/v1/chat/completions"), 404, openai_schema)
+    assert "GET /v1/chat/completions" in error["message"]
+    await _error(await gw.client.delete("/v1/models"), 404, openai_schema)
+    assert [r.path for r in mock_upstream.stats.requests] == ["/v1/chat/completions", "/v1/models"]
 
 
 async def test_unknown_path(floodgate, openai_schema):

@@ -16,20 +16,23 @@ class Prices:
 
     def __init__(self, config: proxy.Config, default_max_tokens: int) -> None:
         self._config = config
-        self._prices: dict[str, proxy.Price | None] = {name: config.price(name) for name in config.models}
         self.default_max_tokens = default_max_tokens
 
     def price(self, model: str) -> proxy.Price | None:
-        if model in self._prices:
-            return self._prices[model]
-        return self._config.price(model)
+        return self._config.price(model)  # exact entries and names catalogue patterns serve
 
     def cost(self, ctx: proxy.RequestContext) -> float | None:
         """The request's cost in USD; ``None`` when an upstream was used and the cost is unknown
         (passthrough, an unpriced model). Short-circuits and failed or refused requests cost 0."""
-        if ctx.kind is proxy.EndpointKind.PASSTHROUGH:
-            return None if ctx.attempts else 0.0
         target = ctx.target
+        if ctx.kind is proxy.EndpointKind.PASSTHROUGH:
+            if not ctx.attempts:
+                return 0.0
+            # A passthrough answer the core metered (a stored-prompt Responses call names its
+            # model and usage) is priced like a model call; any other passthrough is unpriced.
+            price = (self.price(target.model)
+                     if target is not None and target.model != "-" and ctx.usage is not None else None)
+            return price.cost(ctx.usage) if price is not None and ctx.usage is not None else None
         if ctx.reply is not None or target is None or ctx.usage is None:
             return 0.0
         price = self.price(target.model)

@@ -4,12 +4,14 @@
 - ``source``: YAML with the line of every key, duplicate keys refused, ``${ENV}`` substitution;
 - ``validation``: pydantic errors as ``config.yaml:LINE dotted.path: message``;
 - ``catalogue``: :class:`Config`, the validated config of one application;
+- ``patterns``, ``lookup``: catalogue globs (``gpt-*``) and which entry serves a model name;
 - ``loading``: :func:`load_config`, :func:`parse_config`, :func:`config_from_dict`.
 """
 
 from ..settings import NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Settings
 from .catalogue import Config
 from .loading import config_from_dict, load_config, parse_config
+from .patterns import is_pattern
 from .schema import (
     BUILTIN_SCHEME,
     MOCK_BASE_URL,
@@ -27,5 +29,5 @@ __all__ = [
     "BUILTIN_SCHEME", "MOCK_BASE_URL", "AttemptTimeouts", "Config", "CoreSettings", "ModelSettings",
     "NonEmptyStr", "NonNegativeFloat", "NonNegativeInt", "PositiveFloat", "PositiveInt", "Price",
     "ServerSettings", "Settings", "TimeoutOverrides", "Timeouts", "UpstreamSettings", "config_from_dict",
-    "load_config", "parse_config",
+    "is_pattern", "load_config", "parse_config",
 ]

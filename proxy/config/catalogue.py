@@ -2,7 +2,8 @@
 
 Plugins read their own block with :meth:`Config.plugin_settings` (or any other
 block with :meth:`Config.section`); both report errors located like the core's.
-Targets and timeouts of catalogue models are resolved once, at start-up.
+Targets and timeouts of exact catalogue names are resolved once, at start-up; names
+only a pattern matches get theirs on first use (:mod:`.lookup`, bounded).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from pydantic import BaseModel
 
 from ..errors import ConfigError, ConfigErrors, Rejection, shorten
 from ..types import Target
-from .schema import AttemptTimeouts, CoreSettings, Price, TimeoutOverrides
+from .lookup import ModelLookup
+from .patterns import is_pattern
+from .schema import AttemptTimeouts, CoreSettings, ModelSettings, Price, TimeoutOverrides
 from .source import LocatedYaml, Path
 from .validation import validate
 
@@ -34,9 +37,14 @@ class Config:
         self._plugin_blocks: dict[str, Any] = dict(settings.plugins.model_extra or {})
         self._sealed = False
         self._claimed: set[str] = set()
-        self._targets = {name: self._build_target(name) for name in self.models}
-        self._timeouts = {(m.upstream, name): self._build_timeouts(m.upstream, name)
-                          for name, m in self.models.items() if m.upstream in self.upstreams}
+        self._lookup = ModelLookup(self.models)
+        self._exact = frozenset(name for name in self.models if not is_pattern(name))
+        self._timeouts: dict[tuple[str, str | None], AttemptTimeouts] = {
+            (m.upstream, name): self._build_timeouts(m.upstream, name)
+            for name, m in self.models.items() if m.upstream in self.upstreams}
+        self._timeouts.update({(name, None): self._build_timeouts(name, None) for name in self.upstreams})
+        #: Notices about the catalogue (``floodgate check`` prints them; the config is valid).
+        self.warnings: list[ConfigError] = []
         #: Route names plugins declared (``proxy_route_names``); filled in by ``create_app``.
         self.route_names: frozenset[str] = frozenset()
 
@@ -101,42 +109,80 @@ class Config:
         return error
 
     # -- catalogue ----------------------------------------------------------
-    def resolve(self, model: str) -> str | None:
-        """The catalogue model a client-facing name means, or ``None``."""
-        if model in self.models:
-            return model
-        alias = self.aliases.get(model)
-        return alias if alias in self.models else None
+    # Every model name below is a name the catalogue serves: an exact entry, or a name one of
+    # its patterns matches (its ``Target.model`` is that concrete name).
+    def resolve(self, name: str) -> str | None:
+        """The model a client-facing name means, or ``None``.
 
-    def _build_target(self, name: str) -> Target:
-        entry = self.models[name]
-        return Target(model=name, upstream=entry.upstream, upstream_model=entry.upstream_model or name)
+        Exact catalogue names first, then aliases (to a model; an alias to a route is
+        ``None``), then patterns: a name a pattern matches means itself. Route names
+        plugins declared are never models.
+        """
+        if name in self._exact:
+            return name
+        alias = self.aliases.get(name)
+        if alias is not None:
+            if alias in self.route_names:
+                return None
+            return alias if self._lookup.entry_name(alias) is not None else None
+        if name in self.route_names:
+            return None
+        return name if self._lookup.entry_name(name) is not None else None
+
+    def catalogue_name(self, model: str) -> str | None:
+        """The catalogue entry serving ``model``: the name itself when exact, else the pattern that
+        matches it (``"gpt-*"`` for ``"gpt-5"``). Key per-model settings and bounded state by this."""
+        return self._lookup.entry_name(model)
+
+    def entry(self, model: str) -> ModelSettings | None:
+        """The catalogue entry (:class:`ModelSettings`) serving ``model``, or ``None``."""
+        name = self._lookup.entry_name(model)
+        return self.models[name] if name is not None else None
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        """The catalogue's patterns in the order they are tried."""
+        return tuple(p.text for p in self._lookup.patterns)
+
+    def listed_names(self, upstream: str, upstream_id: str) -> list[str]:
+        """The client-facing names under which the catalogue's patterns serve a model ``upstream``
+        lists as ``upstream_id`` (``openai/*`` with ``upstream_model: "{1}"`` serves ``gpt-5`` as
+        ``openai/gpt-5``); names of exact entries and aliases are left out."""
+        return [n for n in self._lookup.listed_names(upstream, upstream_id) if n not in self.aliases]
 
     def target(self, model: str) -> Target:
-        """The :class:`Target` of a catalogue model (built once at start-up)."""
-        return self._targets[model]
+        """The :class:`Target` of a model the catalogue serves (``KeyError`` otherwise): built at
+        start-up for exact names, on first use (cached, bounded) for names patterns match."""
+        return self._lookup.target(model)
 
     def targets_with_fallbacks(self, model: str) -> tuple[Target, ...]:
-        names = [model, *(m for m in self.models[model].fallbacks if m != model)]
-        return tuple(self._targets[n] for n in names)
+        """``model``'s target followed by its entry's ``fallbacks``' targets."""
+        return self._lookup.chain(model)
 
-    def _build_timeouts(self, upstream: str, model: str | None) -> AttemptTimeouts:
+    def _build_timeouts(self, upstream: str, entry: str | None) -> AttemptTimeouts:
         base = self.upstreams[upstream].timeouts
-        over = self.models[model].timeouts if model in self.models else TimeoutOverrides()
+        over = self.models[entry].timeouts if entry is not None else TimeoutOverrides()
         return AttemptTimeouts(over.connect or base.connect, over.first_byte or base.first_byte,
                                over.stall or base.stall, over.total or base.total)
 
     def timeouts(self, target: Target, cap: float | None = None) -> AttemptTimeouts:
-        """The upstream's timeouts with the model's overrides applied (resolved at
+        """The upstream's timeouts with the model's entry's overrides applied (resolved at
         start-up), none longer than ``cap`` seconds."""
-        timeouts = self._timeouts.get((target.upstream, target.model))
+        entry = self._lookup.entry_name(target.model)
+        timeouts = self._timeouts.get((target.upstream, entry))
         if timeouts is None:
-            timeouts = self._build_timeouts(target.upstream, target.model)
+            timeouts = self._build_timeouts(target.upstream, entry)
         return timeouts if cap is None else timeouts.capped(cap)
 
+    def upstream_timeouts(self, upstream: str) -> AttemptTimeouts:
+        """The upstream's own timeouts (requests that name no model: passthrough)."""
+        return self._timeouts[(upstream, None)]
+
     def price(self, model: str) -> Price | None:
-        entry = self.models.get(model)
-        return entry.price if entry else None
+        """The price of a model the catalogue serves; ``None`` when its entry is unpriced
+        (``price: null``) or no entry serves it."""
+        entry = self.entry(model)
+        return entry.price if entry is not None else None
 
     def unknown_model(self, model: str | None) -> Rejection:
         if model is None:
@@ -146,13 +192,13 @@ class Config:
                          param="model", code="model_not_found", should_retry=False)
 
     def check_aliases(self, route_names: set[str]) -> None:
-        """Every alias must name a catalogue model or a route a plugin declared."""
+        """Every alias must name a model the catalogue serves or a route a plugin declared."""
         self.route_names = frozenset(route_names)
         errors = [
             self.error(("aliases", alias), f"{target!r} is neither a catalogue model nor a route "
                        f"(known routes: {', '.join(sorted(route_names)) or 'none'})")
             for alias, target in self.aliases.items()
-            if target not in self.models and target not in route_names
+            if target not in route_names and (is_pattern(target) or self._lookup.entry_name(target) is None)
         ]
         if errors:
             raise ConfigErrors(errors)

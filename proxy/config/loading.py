@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import ConfigError, ConfigErrors
 from .catalogue import Config
+from .patterns import Pattern, is_pattern, ordered, shadowing, syntax_error, template_error
 from .schema import MOCK_BASE_URL, CoreSettings
 from .source import LocatedYaml, load_yaml
 from .validation import validate
@@ -41,16 +42,12 @@ def _build(located: LocatedYaml) -> Config:
         raise ConfigErrors([ConfigError("", "the config must be a mapping of sections",
                                         line=located.line_of(()), source=located.source)])
     settings = validate(CoreSettings, located.data, located, ())
+    syntax = [ConfigError(f"models.{name}", problem, line=located.line_of(("models", name)), source=located.source)
+              for name in settings.models if is_pattern(name) and (problem := syntax_error(name))]
+    if syntax:
+        raise ConfigErrors(syntax)
     config = Config(settings, located)
-    errors: list[ConfigError] = []
-    for name, model in settings.models.items():
-        if model.upstream not in settings.upstreams:
-            errors.append(config.error(("models", name, "upstream"), f"unknown upstream {model.upstream!r}"
-                                       f" (known: {', '.join(settings.upstreams)})"))
-        for i, fallback in enumerate(model.fallbacks):
-            if fallback not in settings.models:
-                errors.append(config.error(("models", name, "fallbacks", i),
-                                           f"unknown model {fallback!r}"))
+    errors = _catalogue_errors(config)
     for name, upstream in settings.upstreams.items():
         if upstream.mock is not None and upstream.base_url != MOCK_BASE_URL:
             # The shipped config keeps its mock block when FLOODGATE_UPSTREAM_URL points at a
@@ -59,6 +56,49 @@ def _build(located: LocatedYaml) -> Config:
                      config.line_of(("upstreams", name, "mock")), name, MOCK_BASE_URL)
     if errors:
         raise ConfigErrors(errors)
+    config.warnings.extend(_pattern_warnings(config))
+    for warning in config.warnings:
+        log.warning("%s", warning)
     return config
 
 
+def _catalogue_errors(config: Config) -> list[ConfigError]:
+    errors: list[ConfigError] = []
+    upstreams = config.upstreams
+    for name, model in config.models.items():
+        path = ("models", name)
+        if model.upstream not in upstreams:
+            errors.append(config.error((*path, "upstream"), f"unknown upstream {model.upstream!r}"
+                                       f" (known: {', '.join(upstreams)})"))
+        pattern = is_pattern(name)
+        if pattern and "price" not in model.model_fields_set:
+            errors.append(config.error(path, "a pattern needs a price: dollars per million tokens for every "
+                                       "model it matches, or `price: null` (unpriced: usage recorded, cost unknown)"))
+        if model.upstream_model is not None:
+            stars = Pattern.compile(name, 0).stars if pattern else None
+            problem = template_error(model.upstream_model, stars)
+            if problem:
+                errors.append(config.error((*path, "upstream_model"), problem))
+        for i, fallback in enumerate(model.fallbacks):
+            if is_pattern(fallback):
+                errors.append(config.error((*path, "fallbacks", i), f"{fallback!r} is a pattern; a fallback "
+                                           "names one model"))
+            elif config.catalogue_name(fallback) is None:
+                errors.append(config.error((*path, "fallbacks", i), f"unknown model {fallback!r}"))
+    return errors
+
+
+def _pattern_warnings(config: Config) -> list[ConfigError]:
+    """Patterns that catch every name, and patterns that can never win."""
+    warnings = []
+    shadowed = shadowing(ordered([Pattern.compile(name, i) for i, name in enumerate(config.models)
+                                  if is_pattern(name)]))
+    for name in config.patterns:
+        if set(name) == {"*"}:
+            warnings.append(config.error(("models", name), "matches every model name: names no other entry "
+                                         "serves, typos included, go to upstream "
+                                         f"{config.models[name].upstream!r} instead of a 404 model_not_found"))
+        elif name in shadowed:
+            warnings.append(config.error(("models", name), f"shadows nothing: every name it matches is taken by "
+                                         f"{shadowed[name]!r} (longer, or listed before it), so it never applies"))
+    return warnings

@@ -123,10 +123,17 @@ class Price(Settings):
 
 
 class ModelSettings(Settings):
+    """One catalogue entry: an exact model name, or a pattern (``gpt-*``) serving every name it
+    matches (see :mod:`proxy.config.patterns`).
+
+    ``price: null`` marks the entry unpriced (its usage is recorded, its cost unknown); a
+    pattern entry must say which (a price, or ``null``), an exact one defaults to zero.
+    """
+
     upstream: str
     upstream_model: str | None = None
     timeouts: TimeoutOverrides = TimeoutOverrides()
-    price: Price = Price()
+    price: Price | None = Price()
     fallbacks: list[str] = []
     kind: Literal["chat", "embedding", "completion"] = "chat"
 

@@ -111,11 +111,10 @@ def _prices(path: str) -> dict[str, Price]:
         config = load_config(path)
     except ConfigErrors as exc:
         raise UsageError("\n".join(str(e) for e in exc.errors)) from None
-    prices = {name: entry.price for name, entry in config.models.items()}
-    for alias, target in config.aliases.items():
-        if target in config.models:
-            prices.setdefault(alias, config.models[target].price)
-    return prices
+    # Exact names and aliases (unpriced entries have no estimate); the load test's own requests
+    # name no model a pattern would have to price.
+    names = [*config.models, *config.aliases]
+    return {name: price for name in names if (model := config.resolve(name)) and (price := config.price(model))}
 
 
 def options_from_args(args: argparse.Namespace) -> LoadTestOptions:

@@ -12,7 +12,6 @@ from aiohttp import web
 
 from .faults import _hang
 from .settings import ModelBehaviour, _State
-from .tokens import _text_of
 
 # One piece = one token under count_tokens: single CJK characters, single full-width
 # punctuation marks (between CJK characters) and space-prefixed words.
@@ -107,19 +106,3 @@ async def _pace(state: _State, b: ModelBehaviour, tokens: int) -> None:
 
 def _pieces(n: int) -> list[str]:
     return [_PIECES[i % len(_PIECES)] for i in range(n)]
-
-
-def _tool_call(body: dict[str, Any]) -> tuple[str, list[str]] | None:
-    """(function name, argument fragments) when the request should get a tool call."""
-    tools, messages = body.get("tools"), body.get("messages")
-    if not isinstance(tools, list) or not tools or not isinstance(tools[0], dict):
-        return None
-    if isinstance(messages, list) and messages and isinstance(messages[-1], dict) \
-            and messages[-1].get("role") == "tool":
-        return None
-    function = tools[0].get("function")
-    fn = function if isinstance(function, dict) else tools[0]
-    users = [m for m in messages or () if isinstance(m, dict) and m.get("role") == "user"]
-    query = _text_of(users[-1].get("content"))[:40] if users else "floodgate"
-    args = orjson.dumps({"query": query or "floodgate"}).decode()
-    return str(fn.get("name") or "tool"), [args[i:i + 8] for i in range(0, len(args), 8)]

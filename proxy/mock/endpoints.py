@@ -14,12 +14,22 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .answers import _DONE, _MALFORMED_JSON, _answer_len, _pace, _pieces, _sse, _stream, _tool_call, _usage
+from . import structured
+from .answers import _DONE, _MALFORMED_JSON, _answer_len, _pace, _pieces, _sse, _stream, _usage
 from .faults import _begin, _error, _json, _prologue
-from .settings import STATE_KEY
+from .settings import STATE_KEY, ModelBehaviour, _State
 from .tokens import _input_tokens, _messages_tokens, count_tokens
 
 _CREATED = 1_700_000_000
+
+
+def _text_answer(body: dict[str, Any], state: _State, b: ModelBehaviour,
+                 structured_text: str | None) -> tuple[list[str], bool]:
+    """The answer's pieces (one token each) and whether a token limit cut it."""
+    if structured_text is not None:
+        return structured.pieces_of(structured_text, body)
+    n, capped = _answer_len(body, state, b)
+    return _pieces(n), capped
 
 
 async def _chat(request: web.Request) -> web.StreamResponse:
@@ -27,15 +37,18 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     if b.malformed and not body.get("stream"):
         return web.Response(body=_MALFORMED_JSON, content_type="application/json")
     prompt = _messages_tokens(body.get("messages"))
-    tool = _tool_call(body)
+    rng = structured.rng_for(body)
+    tool = structured.tool_call(body, rng)
+    text = None if tool else structured.structured_text(body, rng)
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     if tool:
-        name, frags = tool
+        name, arguments = tool
+        frags = [arguments[i:i + 8] for i in range(0, len(arguments), 8)]
         n, finish = len(frags) + 1, "tool_calls"
         call_id = f"call_{uuid.uuid4().hex[:24]}"
     else:
-        n, capped = _answer_len(body, state, b)
-        finish, pieces = ("length" if capped else "stop"), _pieces(n)
+        pieces, capped = _text_answer(body, state, b, text)
+        n, finish = len(pieces), "length" if capped else "stop"
     usage = _usage(prompt, n, b)
     if not body.get("stream") or b.ignore_stream:
         await _pace(state, b, n)
@@ -139,8 +152,9 @@ async def _responses(request: web.Request) -> web.StreamResponse:
     items = [{"role": "user", "content": raw}] if isinstance(raw, str) else raw
     prompt = _messages_tokens(items) + (count_tokens(instructions)
                                         if isinstance(instructions, str) else 0)
-    n, capped = _answer_len(body, state, b)
-    pieces, rid, mid = _pieces(n), f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}"
+    pieces, capped = _text_answer(body, state, b, structured.structured_text(body, structured.rng_for(body)))
+    n = len(pieces)
+    rid, mid = f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}"
     text = "".join(pieces)
     cached = min(b.cached_tokens, prompt)
     usage = {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached},
@@ -156,7 +170,8 @@ async def _responses(request: web.Request) -> web.StreamResponse:
         "instructions": instructions, "metadata": body.get("metadata") or {},
         "parallel_tool_calls": True, "temperature": body.get("temperature"),
         "top_p": body.get("top_p"), "tool_choice": "auto", "tools": [],
-        "text": {"format": {"type": "text"}}, "truncation": "disabled",
+        "text": body.get("text") if isinstance(body.get("text"), dict) else {"format": {"type": "text"}},
+        "truncation": "disabled",
         "max_output_tokens": body.get("max_output_tokens"), "usage": usage}
     if not body.get("stream") or b.ignore_stream:
         await _pace(state, b, n)

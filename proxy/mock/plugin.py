@@ -6,7 +6,7 @@ import argparse
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from proxy.config import MOCK_BASE_URL, Config, UpstreamSettings
+from proxy.config import MOCK_BASE_URL, Config, UpstreamSettings, is_pattern
 from proxy.hookspecs import hookimpl
 
 from .cli import add_arguments, run
@@ -76,7 +76,9 @@ class MockPlugin:
     def proxy_configure(self, config: Config) -> None:
         self.blocks = {name: config.section(("upstreams", name, "mock"), _MockBlock)
                        for name, upstream in config.upstreams.items() if upstream.base_url == MOCK_BASE_URL}
-        self.models = sorted({m.upstream_model or name for name, m in config.models.items()})
+        # A pattern (gpt-*) is no model id: the mock serves the exact names (add others with
+        # `floodgate mock-upstream --models` or MockSettings.models).
+        self.models = sorted({m.upstream_model or name for name, m in config.models.items() if not is_pattern(name)})
 
     @hookimpl
     async def proxy_builtin_upstream(self, name: str, settings: UpstreamSettings) -> str | None:

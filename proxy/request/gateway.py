@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import Config
-from ..errors import Rejection, error_response
+from ..errors import Rejection, error_response, shorten
 from ..hooks import Hooks
 from ..hookspecs import proxy_admit, proxy_authorize, proxy_short_circuit
 from ..keys import SERVED
@@ -28,7 +28,7 @@ from ..tokens import estimate_prompt_tokens
 from ..types import EndpointKind, Principal, RequestContext, Usage
 from ..upstream import Upstreams
 from .attempts import AttemptRunner
-from .models import serve_models
+from .models import ModelList, serve_models
 from .parse import parse_model_request
 from .passthrough import Passthrough
 from .respond import render_reply
@@ -38,6 +38,7 @@ log = logging.getLogger("floodgate")
 MODEL_ENDPOINTS = ("chat/completions", "completions", "embeddings", "responses")
 _SHORT_CIRCUIT_ENDPOINTS = frozenset({"chat/completions", "completions"})
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_LOOKUP_METHODS = frozenset({"GET", "HEAD"})
 
 #: The context of the request an admin endpoint is serving (``request[REQUEST_CONTEXT]``).
 REQUEST_CONTEXT = web.RequestKey("floodgate.request_context", RequestContext)
@@ -67,6 +68,7 @@ class Gateway:
         self.body_timeout = config.server.timeouts.body
         self.attempts = AttemptRunner(config, hooks, upstreams)
         self.passthrough_relay = Passthrough(config, hooks, upstreams)
+        self.model_list = ModelList(config, upstreams)
         # Decided once: hooks nobody implements cost nothing per request.
         self._short_circuit = hooks.implemented(proxy_short_circuit)
         self._admit = hooks.implemented(proxy_admit)
@@ -79,12 +81,19 @@ class Gateway:
         return handler
 
     async def passthrough(self, request: web.Request) -> web.StreamResponse:
-        path = passthrough_tail(request[REQUEST_PATH], OWNED_PATHS)
+        """Every method and path the gateway does not implement, with or without ``/v1``."""
+        decoded = request[REQUEST_PATH]
+        if decoded.startswith("/-/"):  # the gateway's own namespace: never the upstream's
+            raise Rejection(404, f"unknown path {shorten(decoded, 64)}", code="not_found", should_retry=False)
+        if "%2f" in request.raw_path.partition("?")[0].lower():  # only allowed in the gateway's model lookup
+            raise Rejection(400, "invalid request path: encoded slashes are not allowed", code="invalid_path",
+                            param="path", should_retry=False)
+        path = passthrough_tail(decoded, OWNED_PATHS)
         return await self.serve(request, path, EndpointKind.PASSTHROUGH, self.passthrough_relay.serve)
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         async def process(request: web.Request, ctx: RequestContext) -> web.StreamResponse:
-            return await serve_models(request, ctx, self.config, self.hooks)
+            return await serve_models(request, ctx, self.model_list, self.hooks)
         return await self.serve(request, "models", EndpointKind.MODELS, process)
 
     @web.middleware
@@ -95,7 +104,7 @@ class Gateway:
         if served is not None and request.transport is not None:
             served.add(request.transport)  # its headers arrived: the headers deadline is met
         try:
-            request[REQUEST_PATH] = checked_path(request.raw_path)
+            request[REQUEST_PATH] = checked_path(request.raw_path, model_lookup=request.method in _LOOKUP_METHODS)
             check_headers(request.headers)
         except Rejection as rejection:
             self.metrics.requests("invalid_request", "-", str(rejection.status)).inc()
@@ -166,7 +175,15 @@ class Gateway:
         """The stages of a model call, in order."""
         hooks = self.hooks
         ctx.principal = await hooks.authenticate(ctx)  # from the headers: no body read for a bad key
-        await parse_model_request(request, ctx, self.max_body, self.body_timeout)
+        try:
+            await parse_model_request(request, ctx, self.max_body, self.body_timeout)
+        except Rejection as rejection:
+            if not _names_no_model(ctx, rejection):
+                raise
+            # A Responses call that names no model (a stored prompt decides it upstream): nothing
+            # to route, so it passes through to the default upstream, governed like any passthrough.
+            ctx.request_bytes = len(ctx.raw)
+            return await self.passthrough_relay.relay(request, ctx, streamed=False)
         if self._authorize:
             await hooks.authorize(ctx)
         if self._short_circuit and ctx.endpoint in _SHORT_CIRCUIT_ENDPOINTS:
@@ -177,6 +194,13 @@ class Gateway:
         if self._admit:
             await hooks.admit(ctx)
         return await self.attempts.run(request, ctx)
+
+
+def _names_no_model(ctx: RequestContext, rejection: Rejection) -> bool:
+    """Whether parsing refused only a ``/v1/responses`` body's missing ``model`` (the body itself
+    is a JSON object, read and kept in ``ctx``)."""
+    return (ctx.endpoint == "responses" and rejection.param == "model"
+            and rejection.code == "missing_required_parameter" and "model" not in ctx.body and bool(ctx.body))
 
 
 def _close_open_attempt(ctx: RequestContext) -> None:

@@ -22,9 +22,10 @@ from ..config import Config
 from ..errors import Rejection
 from ..hooks import Hooks
 from ..hookspecs import proxy_admit, proxy_authorize
-from ..types import AttemptRecord, RequestContext, Target
+from ..types import AttemptRecord, EndpointKind, RequestContext, Target
 from ..upstream import UpstreamError, Upstreams, forwardable_headers, relayable_headers
 from .attempts import record_failure
+from .metering import UsageMeter
 from .parse import read_body, too_large
 
 _JSON_TYPES = ("application/json", "text/json")
@@ -44,12 +45,12 @@ class Passthrough:
         self.max_body = config.server.max_body_bytes
         self.body_timeout = config.server.timeouts.body
         self.upstream = next(iter(config.upstreams))
+        self.timeouts = config.upstream_timeouts(self.upstream)
         self._authorize = hooks.implemented(proxy_authorize)
         self._admit = hooks.implemented(proxy_admit)
 
     async def serve(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
-        hooks = self.hooks
-        ctx.principal = await hooks.authenticate(ctx)
+        ctx.principal = await self.hooks.authenticate(ctx)
         if request.content_length is not None and request.content_length > self.max_body:
             raise too_large(self.max_body)
         content_type = request.headers.get("Content-Type")
@@ -58,6 +59,15 @@ class Passthrough:
             await read_body(request, ctx, self.max_body, self.body_timeout)
             ctx.request_bytes = len(ctx.raw)
             _read_model(ctx)
+        return await self.relay(request, ctx, streamed=streamed)
+
+    async def relay(self, request: web.Request, ctx: RequestContext, *, streamed: bool) -> web.StreamResponse:
+        """Authorise, admit and relay a request whose caller is known (and JSON body, if any, read).
+
+        :param streamed: the body is not read yet: stream it upstream as it arrives.
+        """
+        hooks = self.hooks
+        ctx.kind = EndpointKind.PASSTHROUGH
         if self._authorize:
             await hooks.authorize(ctx)
         if self._admit:
@@ -65,13 +75,14 @@ class Passthrough:
         target = Target(model="-", upstream=self.upstream, upstream_model="-")
         record = AttemptRecord(target, started=time.perf_counter())
         ctx.attempts.append(record)
-        timeouts = self.config.timeouts(target)
+        timeouts = self.timeouts
         too_big: list[bool] = []
         body: bytes | AsyncIterator[bytes] | None = (
-            self._stream_body(request, ctx, too_big) if streamed else (ctx.raw if request.body_exists else None))
+            self._stream_body(request, ctx, too_big) if streamed else (ctx.raw if ctx.raw else None))
         try:
             upstream = await self.upstreams.open(
-                self.upstream, request.method, ctx.endpoint, body=body, content_type=content_type,
+                self.upstream, request.method, ctx.endpoint, body=body,
+                content_type=request.headers.get("Content-Type"),
                 headers=forwardable_headers(request.headers), timeouts=timeouts,
                 query=request.raw_path.partition("?")[2])
         except UpstreamError as exc:
@@ -85,11 +96,14 @@ class Passthrough:
             headers["Content-Type"] = upstream.headers["Content-Type"]
         response = web.StreamResponse(status=upstream.status, headers=headers)
         ctx.status = upstream.status
+        meter = UsageMeter.of(ctx, upstream.headers.get("Content-Type", ""))
         try:
             await response.prepare(request)
             async with asyncio.timeout(timeouts.total):
                 async for data in upstream.content.iter_any():
                     ctx.response_bytes += len(data)
+                    if meter is not None:
+                        meter.feed(data)
                     await response.write(data)
             await response.write_eof()
         except (TimeoutError, aiohttp.ClientError):
@@ -99,6 +113,8 @@ class Passthrough:
             upstream.close()
             record.ended = time.perf_counter()
             ctx.timings.upstream += record.duration
+            if meter is not None:
+                meter.settle(ctx, record, self.config)
         return response
 
     async def _stream_body(self, request: web.Request, ctx: RequestContext,

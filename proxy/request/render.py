@@ -8,7 +8,6 @@ from typing import Any
 
 import orjson
 
-from ..config import Config
 from ..types import Reply, Usage
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -82,13 +81,12 @@ def reply_stream(reply: Reply, *, endpoint: str, model: str, usage: Usage, inclu
     return b"".join(sse_event(e) for e in events) + SSE_DONE
 
 
-def model_object(model_id: str, owned_by: str = "floodgate") -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": 0, "owned_by": owned_by}
+def model_object(model_id: str, *, created: Any = 0, owned_by: Any = "floodgate") -> dict[str, Any]:
+    """A ``model`` object (``created`` and ``owned_by`` as an upstream listed them, when usable)."""
+    return {"id": model_id, "object": "model", "created": created if type(created) is int else 0,
+            "owned_by": owned_by if isinstance(owned_by, str) else "floodgate"}
 
 
-def model_list(config: Config) -> bytes:
-    """``GET /v1/models``: the catalogue plus the aliases and routes clients may ask for."""
-    ids = list(config.models)
-    ids += [a for a in config.aliases if a not in config.models]
-    ids += sorted(r for r in config.route_names if r not in config.models and r not in config.aliases)
-    return orjson.dumps({"object": "list", "data": [model_object(i) for i in ids]})
+def model_list(objects: list[dict[str, Any]]) -> bytes:
+    """``GET /v1/models``: the model objects a key may see."""
+    return orjson.dumps({"object": "list", "data": objects})

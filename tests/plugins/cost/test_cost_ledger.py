@@ -348,3 +348,21 @@ async def test_a_hedged_race_bills_both_attempts_and_counts_one_request(tmp_path
     assert by_model["gpt-4.1"]["estimated"] == 1
     assert by_model["deepseek-v3.2"]["requests"] == 1
     assert report["total"]["requests"] == 1 and report["total"]["cost_usd"] == pytest.approx(loser + winner)
+
+
+async def test_a_metered_passthrough_is_priced_at_the_model_its_answer_names(tmp_path):
+    clock = proxy.ManualClock()
+    plugin = CostPlugin(clock=clock)
+    models = {"gpt-4.1": {"price": {"input": 2.0, "output": 8.0}}, "gpt-*": {"price": None}}
+    async with PluginHarness(plugin, clock=clock, models=models,
+                             settings={"cost": {"ledger": {"path": str(tmp_path / "u.db")}}}) as h:
+        stored = h.context({"prompt": {"id": "pmpt_1"}}, endpoint="responses", kind=proxy.EndpointKind.PASSTHROUGH)
+        h.attempt(stored, target=stored.config.target("gpt-4.1"), usage=proxy.Usage(100, 10))  # metered
+        other = h.context({"purpose": "batch"}, endpoint="files", kind=proxy.EndpointKind.PASSTHROUGH)
+        h.attempt(other, target=proxy.Target("-", "main", "-"))
+        unpriced = h.context({"prompt": {"id": "pmpt_2"}}, endpoint="responses", kind=proxy.EndpointKind.PASSTHROUGH)
+        h.attempt(unpriced, target=unpriced.config.target("gpt-5"), usage=proxy.Usage(100, 10))  # a pattern's name
+        for ctx in (stored, other, unpriced):
+            await h.finished(ctx)
+    assert stored.cost == pytest.approx(proxy.Price(input=2.0, output=8.0).cost(proxy.Usage(100, 10)))
+    assert other.cost is None and unpriced.cost is None
