@@ -80,8 +80,12 @@ class Planner:
     """
 
     def __init__(self, settings: RateLimitSettings, default_upstream: str | None,
-                 too_large: Callable[[Spec, int], proxy.Rejection]) -> None:
+                 too_large: Callable[[Spec, int], proxy.Rejection],
+                 catalogue_name: Callable[[str], str | None] = lambda model: model) -> None:
         self.settings = settings
+        # Per-model limits are keyed by catalogue entry: a pattern's limit is shared by every
+        # name it serves (and a client-chosen name never makes a bucket of its own).
+        self._catalogue_name = catalogue_name
         self._too_large = too_large
         self._global = specs_for("global", "-", "the gateway", settings.global_)
         self._models = {m: s for m, lim in settings.models.items() if (s := specs_for("model", m, f"model '{m}'", lim))}
@@ -101,7 +105,9 @@ class Planner:
         specs = self._global + self._key_specs(ctx.principal)
         target = ctx.route.targets[0] if ctx.route is not None and ctx.route.targets else None
         if target is not None:
-            specs += self._models.get(target.model, ()) + self._upstreams.get(target.upstream, ())
+            if self._models:
+                specs += self._models.get(self._catalogue_name(target.model) or "", ())
+            specs += self._upstreams.get(target.upstream, ())
         if not specs:
             return None
         reserved = 0

@@ -79,7 +79,8 @@ class RateLimitPlugin:
         self.settings = settings
         self._queueing = settings.mode == "queue"
         self._rejections = Rejections(settings.queue, registry)
-        self._planner = Planner(settings, next(iter(config.upstreams), None), self._rejections.too_large)
+        self._planner = Planner(settings, next(iter(config.upstreams), None), self._rejections.too_large,
+                                config.catalogue_name)
         self._m_admitted = Counter("floodgate_ratelimit_admitted", "Requests admitted by the rate limiter",
                                    registry=registry)
         self.queue.configure(settings.queue, settings.shared.recheck_ms, registry)

@@ -43,11 +43,15 @@ class BreakerMetrics:
 class Breaker:
     """The circuit breaker of one target. ``clock`` is monotonic seconds."""
 
-    __slots__ = ("model", "settings", "metrics", "state", "consecutive", "open_until",
+    __slots__ = ("model", "label", "settings", "metrics", "state", "consecutive", "open_until",
                  "probing", "_buckets", "_width", "_total", "_failed")
 
-    def __init__(self, model: str, settings: BreakerSettings, metrics: BreakerMetrics) -> None:
+    def __init__(self, model: str, settings: BreakerSettings, metrics: BreakerMetrics,
+                 label: str | None = None) -> None:
+        """:param label: the metric label; ``None`` for a breaker of a name a catalogue pattern serves
+        (its transitions count under the pattern, and it keeps no state series of its own)."""
         self.model = model
+        self.label = label
         self.settings = settings
         self.metrics = metrics
         self.state = CLOSED
@@ -59,7 +63,8 @@ class Breaker:
         self._width = settings.window_s / 10
         self._total = 0
         self._failed = 0
-        metrics.state(model).set(CLOSED)
+        if label == model:
+            metrics.state(model).set(CLOSED)
 
     def allow(self, now: float) -> tuple[bool, bool]:
         """Whether a request may use the target now, and whether it got the probe slot."""
@@ -138,7 +143,9 @@ class Breaker:
     def _set(self, state: int) -> None:
         if state != self.state:
             self.state = state
-            self.metrics.state(self.model).set(state)
-            self.metrics.transitions(self.model, _STATE_NAMES[state]).inc()
+            if self.label == self.model:
+                self.metrics.state(self.model).set(state)
+            if self.label is not None:
+                self.metrics.transitions(self.label, _STATE_NAMES[state]).inc()
             log.log(logging.WARNING if state == OPEN else logging.INFO,
                     "circuit breaker of %s is now %s", self.model, _STATE_NAMES[state])

@@ -16,6 +16,7 @@ period stays small) — so hedges never exceed ``max_ratio`` × requests.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -58,8 +59,12 @@ class LatencyWindow:
 class HedgePolicy:
     """When an attempt may be hedged and whether a hedge may be sent now."""
 
-    def __init__(self, settings: HedgeSettings, registry: CollectorRegistry) -> None:
+    def __init__(self, settings: HedgeSettings, registry: CollectorRegistry,
+                 entry_of: Callable[[str], str | None] = lambda model: model) -> None:
+        """:param entry_of: the catalogue entry serving a model: budgets, latency windows and
+            opt-ins are kept per entry (a pattern's names share them: bounded state)."""
         self.settings = settings
+        self.entry_of = entry_of
         self.models = frozenset(settings.models)
         self.routes = frozenset(settings.routes)
         self.enabled = bool(self.models or self.routes)
@@ -72,17 +77,18 @@ class HedgePolicy:
 
     def opted_in(self, ctx: proxy.RequestContext, target: proxy.Target) -> bool:
         route = ctx.route
-        return target.model in self.models or (route is not None and route.name in self.routes)
+        return self.entry_of(target.model) in self.models or (route is not None and route.name in self.routes)
 
     def earn(self, model: str) -> None:
         """A request to an opted-in model: it earns ``max_ratio`` of a hedge."""
+        model = self.entry_of(model) or model
         self.credits[model] = min(self.credit_cap, self.credits.get(model, 0.0) + self.settings.max_ratio)
 
     def after(self, model: str, stream: bool) -> float | None:
         """Seconds before an attempt on ``model`` is hedged, or ``None`` (not now)."""
         settings = self.settings
         if not isinstance(settings.after_ms, float):  # "p95"
-            window = self.windows.get((model, stream))
+            window = self.windows.get((self.entry_of(model) or model, stream))
             p95 = window.p95(settings.min_samples) if window is not None else None
             if p95 is None:
                 return None
@@ -91,6 +97,7 @@ class HedgePolicy:
 
     def spend(self, model: str) -> bool:
         """Take one hedge from ``model``'s budget."""
+        model = self.entry_of(model) or model
         credit = self.credits.get(model, 0.0)
         if credit < _ONE:
             self.skipped(model, "budget").inc()
@@ -103,7 +110,7 @@ class HedgePolicy:
         for record in ctx.attempts:
             seconds = record.time_to_first_event
             if seconds is not None and record.error != "cancelled":
-                key = (record.target.model, ctx.stream)
+                key = (self.entry_of(record.target.model) or record.target.model, ctx.stream)
                 window = self.windows.get(key)
                 if window is None:
                     window = self.windows[key] = LatencyWindow()

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 import proxy
 
-from .breaker import Breaker, BreakerMetrics
+from .breaker import CLOSED, Breaker, BreakerMetrics
 from .hedge import HedgePolicy
 from .settings import RetrySettings
 
@@ -26,6 +26,8 @@ _TIMEOUTS = frozenset({"timeout", "stall"})
 _HEALTH_ERRORS = frozenset({"timeout", "stall", "connect", "invalid_body"})
 #: An attempt with less time than this before the deadline is not worth starting.
 _MIN_ATTEMPT_S = 0.01
+#: Breakers of names only a catalogue pattern serves (client-chosen), at most.
+_MAX_BREAKERS = 1024
 _STATE_KEY = "retry.state"
 
 
@@ -90,22 +92,21 @@ class RetryPlugin:
         self.config = config
         self.rng = random.Random(settings.seed)
         self._metrics = _Metrics(registry)
-        self.hedging = HedgePolicy(settings.hedge, registry)
+        self.hedging = HedgePolicy(settings.hedge, registry, self._entry)
         self._max_retries = {m: o.max_retries for m, o in settings.models.items()
                              if o.max_retries is not None}
         self._retry_on_timeout = {m: o.retry_on_timeout for m, o in settings.models.items()
                                   if o.retry_on_timeout is not None}
         # The deadline caps an attempt's timeouts only when it is shorter than them:
         # skipping Attempt.timeout otherwise spares the core a per-attempt copy.
-        self._timeouts: dict[str, tuple[float, float]] = {}
-        for model in config.models:
-            t = config.timeouts(config.target(model))
-            self._timeouts[model] = (t.first_byte, max(t.first_byte, t.total))
+        # Keyed by catalogue entry: a pattern's timeouts apply to every name it serves.
+        self._timeouts: dict[str | None, tuple[float, float]] = {}
         self._breaker_on = settings.breaker.enabled
         self.breakers = {}
         if self._breaker_on:
             for model in config.models:
-                self._breaker(model)
+                if not any(c in model for c in "*?["):
+                    self._breaker(model)
 
     @proxy.hookimpl
     def proxy_startup(self, app: web.Application) -> None:
@@ -119,10 +120,31 @@ class RetryPlugin:
             raise proxy.ConfigErrors(errors)
 
     def _breaker(self, model: str) -> Breaker:
+        """``model``'s breaker: one per concrete model (a failing ``gpt-5`` does not stop
+        ``gpt-4o`` when one pattern serves both). Names only a pattern serves are
+        client-chosen, so their breakers are bounded: closed, healthy ones are dropped first."""
         breaker = self.breakers.get(model)
         if breaker is None:
-            breaker = self.breakers[model] = Breaker(model, self.settings.breaker, self._metrics.breaker)
+            exact = model in self.config.models
+            if not exact and len(self.breakers) >= _MAX_BREAKERS:
+                self._drop_idle_breakers()
+            label = model if exact else self.config.catalogue_name(model)
+            breaker = self.breakers[model] = Breaker(model, self.settings.breaker, self._metrics.breaker, label)
         return breaker
+
+    def _entry(self, model: str) -> str | None:
+        """The catalogue entry serving ``model`` (per-model settings are keyed by it)."""
+        return model if model in self.config.models else self.config.catalogue_name(model)
+
+    def _label(self, model: str) -> str:
+        """A bounded metric label: the model, or the pattern serving it."""
+        return self._entry(model) or model
+
+    def _drop_idle_breakers(self) -> None:
+        for name in [n for n, b in self.breakers.items()
+                     if n not in self.config.models and b.state == CLOSED and not b.consecutive
+                     and not b.probing][: _MAX_BREAKERS // 4]:
+            del self.breakers[name]
 
     # -- attempts -----------------------------------------------------------
     @proxy.hookimpl
@@ -171,7 +193,7 @@ class RetryPlugin:
             return "elsewhere"
         if error in _TIMEOUTS:
             model = record.target.model
-            return "retry" if self._retry_on_timeout.get(model, self.settings.retry_on_timeout) \
+            return "retry" if self._retry_on_timeout.get(self._label(model), self.settings.retry_on_timeout) \
                 else "fallback"
         return "stop" if error is None else "fallback"  # None: a success, nothing to add
 
@@ -180,7 +202,7 @@ class RetryPlugin:
         """Another try of the current target, or ``None`` to fall back."""
         target = last.target
         model = target.model
-        if st.tries > self._max_retries.get(model, self.settings.max_retries):
+        if st.tries > self._max_retries.get(self._label(model), self.settings.max_retries):
             return None
         settings = self.settings
         cap = min(settings.max_backoff_s, settings.backoff_base_s * 2 ** (st.tries - 1))
@@ -196,7 +218,7 @@ class RetryPlugin:
         st.tries += 1
         assert last.error is not None  # only failures are retried
         reason = last.error if last.error != "http" else str(last.status)
-        self._metrics.retries(model, reason).inc()
+        self._metrics.retries(self._label(model), reason).inc()
         return self._attempt(ctx, st, target, delay, remaining - delay)
 
     def _next_target(self, ctx: proxy.RequestContext, st: _RequestState, start: int,
@@ -211,7 +233,7 @@ class RetryPlugin:
             st.index, st.tries = i, 1
             previous = ctx.attempts[-1].target.model if ctx.attempts else targets[0].model
             if target.model != previous:
-                self._metrics.fallbacks(previous, target.model).inc()
+                self._metrics.fallbacks(self._label(previous), self._label(target.model)).inc()
                 ctx.response_headers["x-floodgate-fallback"] = f"{targets[0].model}->{target.model}"
             return self._attempt(ctx, st, target, 0.0, remaining)
         if ctx.attempts:
@@ -231,10 +253,11 @@ class RetryPlugin:
 
     def _attempt(self, ctx: proxy.RequestContext, st: _RequestState, target: proxy.Target,
                  delay: float, remaining: float) -> proxy.Attempt:
-        timeouts = self._timeouts.get(target.model)
-        if timeouts is None:  # a target outside the catalogue: the upstream's timeouts
+        entry = self._entry(target.model)
+        timeouts = self._timeouts.get(entry)
+        if timeouts is None:  # resolved once per catalogue entry (None: outside the catalogue)
             t = ctx.config.timeouts(target)
-            timeouts = self._timeouts[target.model] = (t.first_byte, max(t.first_byte, t.total))
+            timeouts = self._timeouts[entry] = (t.first_byte, max(t.first_byte, t.total))
         hedge_after = None
         if self.hedging.enabled and self.hedging.opted_in(ctx, target):
             hedge_after = self.hedging.after(target.model, ctx.stream)

@@ -121,7 +121,11 @@ def check(config: proxy.Config, settings: RouterSettings) -> list[proxy.ConfigEr
         errors.append(config.error((*base, *path), f"unknown route {name!r}{hint}"))
 
     def check_model(path: tuple[Any, ...], model: str) -> None:
-        entry = config.models.get(model)
+        if any(c in model for c in "*?["):
+            errors.append(config.error((*base, *path), f"{model!r} is a pattern: name a concrete model "
+                                       "(a pattern serves it)"))
+            return
+        entry = config.entry(model)  # an exact entry, or the catalogue pattern serving this name
         if entry is None:
             close = difflib.get_close_matches(model, list(config.models), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else " (not in the models catalogue)"
@@ -172,7 +176,9 @@ def check(config: proxy.Config, settings: RouterSettings) -> list[proxy.ConfigEr
 
 
 def compile_tier(config: proxy.Config, name: str, route: RouteSettings) -> Tier:
-    fallbacks = route.fallbacks if route.fallbacks is not None else config.models[route.model].fallbacks
+    entry = config.entry(route.model)
+    assert entry is not None  # check() refused unknown models
+    fallbacks = route.fallbacks if route.fallbacks is not None else entry.fallbacks
     chain = [route.model, *(m for m in dict.fromkeys(fallbacks) if m != route.model)]
     return Tier(
         name=name,

@@ -1,7 +1,7 @@
 """Stage 1, parse: read the body once, parse it once, check the fields the core needs.
 
 Everything else in the body is the upstream's to judge: unknown fields pass through
-untouched. Errors are 400 naming the ``param``, 405 for a wrong method, 413 for a
+untouched. Errors are 400 naming the ``param``, 413 for a
 body over ``server.max_body_bytes``.
 """
 
@@ -74,10 +74,8 @@ async def read_body(request: web.Request, ctx: RequestContext, max_body: int, ti
 
 
 async def parse_model_request(request: web.Request, ctx: RequestContext, max_body: int, timeout: float) -> None:
-    """Fill ``ctx.body``, ``ctx.model`` and ``ctx.stream`` from a model endpoint's JSON body."""
-    if request.method != "POST":
-        raise Rejection(405, f"method {request.method} is not allowed on /v1/{ctx.endpoint}; use POST",
-                        code="method_not_allowed", should_retry=False, headers={"Allow": "POST"})
+    """Fill ``ctx.body``, ``ctx.model`` and ``ctx.stream`` from a model endpoint's JSON body
+    (routing sends only ``POST`` here: other methods on these paths pass through)."""
     await read_body(request, ctx, max_body, timeout)
     try:
         body = orjson.loads(ctx.raw)
