@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from .config import Config, UpstreamSettings
+    from .state import SharedState
     from .types import Attempt, Principal, Reply, RequestContext, Route, Stop, StreamChunk, UpstreamResponse
 
 PROJECT = "floodgate"
@@ -78,10 +79,11 @@ def spec(mode: Mode, *, may_be_async: bool) -> Callable[[F], F]:
 # --- lifecycle -------------------------------------------------------------
 
 @spec(Mode.ALL, may_be_async=False)
-def proxy_configure(config: Config, registry: CollectorRegistry) -> None:
-    """Read and validate this plugin's settings; create its metrics.
+def proxy_configure(config: Config, registry: CollectorRegistry, state: SharedState) -> None:
+    """Read and validate this plugin's settings; create its metrics; build its stores.
 
-    Called once per application, synchronously, before it starts serving.
+    Called once per configuration, synchronously, before it serves: at start-up
+    and again for each configuration a reload builds (on new plugin objects).
     Validate your block with ``config.plugin_settings(name, Model)``, which
     raises :class:`proxy.ConfigError` naming the key path (``plugins.<name>.x``)
     and line; raise ``ConfigError`` yourself for other problems. A raised error
@@ -89,7 +91,13 @@ def proxy_configure(config: Config, registry: CollectorRegistry) -> None:
 
     :param config: the validated core configuration.
     :param registry: the application's Prometheus registry; register the
-        plugin's metrics here (never in the global default registry).
+        plugin's metrics here (never in the global default registry). A reload
+        registers them again: same name, labels and help continue the series.
+    :param state: the application's :class:`proxy.SharedState` (it outlives
+        reloads): the Redis client and key names when ``state.backend`` is
+        ``redis``, the worker count, ``state.keep(name, factory)`` for in-memory
+        state a reload must not lose, and degraded-mode reporting. Like every
+        argument, it may be left out of the implementation's signature.
     """
 
 
