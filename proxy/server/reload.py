@@ -13,7 +13,9 @@ changes them logs a warning per key and they take effect at the next restart.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +110,31 @@ class Reloader:
             configure_logging(config.server.log_level)
         log.info("configuration reloaded: now serving %s", describe(generation))
         return True
+
+
+class Coalesced:
+    """Runs ``action`` on each :meth:`trigger` — one at a time: triggers while it runs make it
+    run once more afterwards (two quick SIGHUPs after two edits apply the last edit)."""
+
+    def __init__(self, action: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        self._action = action
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def trigger(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self._again = False
+            await self._action()
+            if not self._again:
+                return
+
+    async def wait(self) -> None:
+        """Until the running action (and any it owes) is done."""
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)

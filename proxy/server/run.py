@@ -22,7 +22,7 @@ from ..state import SharedState
 from .logs import configure_logging
 from .pidfile import pid_file
 from .protocol import GatewayRunner, ListenSite
-from .reload import Reloader
+from .reload import Coalesced, Reloader
 
 log = logging.getLogger("floodgate.server")
 
@@ -85,12 +85,9 @@ async def run_app(app: web.Application, config: Config, sock: socket.socket,
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     handlers: dict[int, Callable[[], object]] = {signal.SIGINT: stop.set, signal.SIGTERM: stop.set}
-    reloading: list[asyncio.Task[Any]] = []
-    if reload is not None:
-        def on_hangup() -> None:
-            if not any(not t.done() for t in reloading):
-                reloading[:] = [loop.create_task(reload())]
-        handlers[signal.SIGHUP] = on_hangup
+    reloading = Coalesced(reload) if reload is not None else None
+    if reloading is not None:
+        handlers[signal.SIGHUP] = reloading.trigger
     for sig, handler in handlers.items():
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, handler)
@@ -106,8 +103,8 @@ async def run_app(app: web.Application, config: Config, sock: socket.socket,
         await stop.wait()
     finally:
         try:
-            for task in reloading:
-                await asyncio.gather(task, return_exceptions=True)  # a reload finishes before the shutdown
+            if reloading is not None:
+                await reloading.wait()  # a reload finishes before the shutdown
             await runner.cleanup()
         finally:
             # Only now: a second SIGTERM (a process group's and the supervisor's) must not cut the drain short.

@@ -13,7 +13,7 @@ requests within ``server.shutdown_timeout``; the supervisor waits, then kills
 what is left), and on SIGHUP validates the configuration once and sends the
 validated text to every worker, which switches to it. Worker metrics go to a
 fresh directory per run (prometheus-client's multiprocess mode), removed at exit;
-a dead worker's live gauges are dropped with ``mark_process_dead``.
+a dead worker's gauges are dropped (``mark_process_dead``), its counters kept.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from ..metrics import MULTIPROC_ENV
 from .control import EXIT_CONFIG, Channel
 from .logs import configure_logging
 from .pidfile import pid_file
-from .reload import log_refused, restart_only_changes, validate
+from .reload import Coalesced, log_refused, restart_only_changes, validate
 from .run import listen_socket, raise_open_file_limit
 
 log = logging.getLogger("floodgate.supervisor")
@@ -63,12 +63,12 @@ class Supervisor:
         self.failed = False
         self.metrics_dir = ""
         self.slots = [WorkerSlot(self, index) for index in range(1, workers + 1)]
-        self._reloading: asyncio.Task[bool] | None = None
+        self._reloading = Coalesced(self.reload)
 
     async def run(self) -> int:
         self.metrics_dir = tempfile.mkdtemp(prefix="floodgate-metrics-")
         loop = asyncio.get_running_loop()
-        signals = {signal.SIGTERM: self.stop, signal.SIGINT: self.stop, signal.SIGHUP: self._on_hangup}
+        signals = {signal.SIGTERM: self.stop, signal.SIGINT: self.stop, signal.SIGHUP: self._reloading.trigger}
         for sig, handler in signals.items():
             loop.add_signal_handler(sig, handler)
         try:
@@ -83,6 +83,7 @@ class Supervisor:
             else:
                 started.cancel()
             await stopped
+            await self._reloading.wait()
             self.sock.close()  # the workers' copies close as they drain: then new connections are refused
             await self._drain(tasks)
         finally:
@@ -113,10 +114,6 @@ class Supervisor:
             await asyncio.wait(pending)
 
     # -- reloads --------------------------------------------------------------------
-    def _on_hangup(self) -> None:
-        if self._reloading is None or self._reloading.done():
-            self._reloading = asyncio.get_running_loop().create_task(self.reload())
-
     async def reload(self) -> bool:
         """Validate the file once; on success every worker switches to it."""
         try:
@@ -174,7 +171,13 @@ class WorkerSlot:
         backoff = _BACKOFF_FIRST
         while not sup.stopping.is_set():
             began = time.monotonic()
-            process, channel = await self._spawn()
+            try:
+                process, channel = await self._spawn()
+            except OSError as exc:
+                log.error("cannot start worker %d: %s; stopping", self.index, exc)
+                sup.failed = True
+                sup.stop()
+                return
             if sup.stopping.is_set():
                 self.signal(signal.SIGTERM)  # it started while the others were told to drain
             listening = asyncio.create_task(self._listen(channel))
@@ -182,7 +185,7 @@ class WorkerSlot:
             await asyncio.gather(listening, return_exceptions=True)
             channel.close()
             self.channel = None
-            multiprocess.mark_process_dead(process.pid, sup.metrics_dir)
+            _forget_gauges(process.pid, sup.metrics_dir)
             if sup.stopping.is_set():
                 if code != 0:
                     log.warning("worker %d (pid %d) %s while stopping", self.index, process.pid, _exit(code))
@@ -230,6 +233,15 @@ class WorkerSlot:
                 else:
                     log.error("worker %d kept its previous configuration (version %s did not start; see its "
                               "log above)", self.index, message.get("version"))
+
+
+def _forget_gauges(pid: int, directory: str) -> None:
+    """A dead worker's gauges: its live ones (``livesum``...) and the per-process ones of gauges
+    left in the default mode (``all``) would report a process that is gone. Its counters and
+    histograms stay: the host's totals include what it served."""
+    multiprocess.mark_process_dead(pid, directory)
+    for path in Path(directory).glob(f"gauge_all_{pid}.db"):
+        path.unlink(missing_ok=True)
 
 
 def _exit(code: int) -> str:

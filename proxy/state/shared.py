@@ -73,7 +73,9 @@ class SharedState:
         self._prefix = settings.key_prefix
         self._share = 1.0 / (workers * settings.hosts)
         self._kept: dict[str, Any] = {}
-        self._client: Redis | None = None
+        # Made now (it connects lazily) so stores built in proxy_configure can hold it; opened by start().
+        self._client: Redis | None = _client(settings, worker) if settings.backend == "redis" else None
+        self._started = False
         self._degraded = False
         self._degraded_since = 0.0
         self._watch: asyncio.Task[None] | None = None
@@ -85,13 +87,14 @@ class SharedState:
     @property
     def shared(self) -> bool:
         """Whether stores should use Redis now (backend ``redis``, started, not degraded)."""
-        return self._client is not None and not self._degraded
+        return self._started and not self._degraded
 
     @property
     def redis(self) -> Redis:
-        """The redis-py asyncio client (``decode_responses`` off: replies are bytes)."""
+        """The redis-py asyncio client (``decode_responses`` off: replies are bytes). It exists
+        from construction — stores may keep it — and connects when the application starts."""
         if self._client is None:
-            raise RuntimeError("no Redis client: state.backend is memory, or the application has not started")
+            raise RuntimeError("no Redis client: state.backend is memory")
         return self._client
 
     @property
@@ -196,16 +199,9 @@ class SharedState:
 
     async def start(self) -> None:
         """Open the connection pool (before any plugin starts). Unreachable: start degraded."""
-        if self.backend != "redis" or self._client is not None:
+        if self._client is None or self._started:
             return
-        s = self.settings
-        assert s.url is not None
-        retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))  # a stale pooled connection
-        pool = BlockingConnectionPool.from_url(
-            s.url.get_secret_value(), max_connections=s.pool_size, timeout=s.timeouts.command,
-            socket_connect_timeout=s.timeouts.connect, socket_timeout=s.timeouts.command, retry=retry,
-            client_name=f"floodgate-{self.worker}")
-        self._client = Redis(connection_pool=pool, retry=retry)
+        self._started = True
         try:
             await self._client.ping()
         except STATE_ERRORS as exc:
@@ -220,9 +216,9 @@ class SharedState:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose(close_connection_pool=True)
+        if self._client is not None and self._started:
+            self._started = False
+            await self._client.aclose(close_connection_pool=True)
 
     # -- degraded mode --------------------------------------------------------------
     async def _check(self, client: Redis) -> None:
@@ -253,3 +249,16 @@ class SharedState:
     def _set_gauges(self, value: int) -> None:
         for degraded, _ in self._metrics:
             degraded.set(value)
+
+
+def _client(settings: StateSettings, worker: int) -> Redis:
+    """A client on a bounded pool: a request waits for a free connection up to the command
+    timeout. One immediate retry on a broken connection (a pooled one Redis closed), none on
+    timeouts: a script that may have run must not run twice."""
+    assert settings.url is not None
+    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+    pool = BlockingConnectionPool.from_url(
+        settings.url.get_secret_value(), max_connections=settings.pool_size, timeout=settings.timeouts.command,
+        socket_connect_timeout=settings.timeouts.connect, socket_timeout=settings.timeouts.command, retry=retry,
+        client_name=f"floodgate-{worker}")
+    return Redis(connection_pool=pool, retry=retry)

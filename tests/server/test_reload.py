@@ -13,7 +13,7 @@ from proxy import ConfigErrors, hookimpl
 from proxy.config import config_from_dict
 from proxy.keys import GENERATIONS, STATE
 from proxy.metrics import MetricsRegistry
-from proxy.server.reload import Reloader
+from proxy.server.reload import Coalesced, Reloader
 from proxy.testing import mock_config
 
 FAQ = "plugins.faq"
@@ -189,3 +189,21 @@ async def test_workers_need_shared_state(mock_upstream):
         "state.backend: 2 worker processes need shared state: set state.backend: redis (and state.url); memory "
         "state is per process, so each worker would enforce every limit, budget and breaker on its own"]
     create_app(config, builtins=(), entry_points=False, state=SharedState(workers=1))  # one process: fine
+
+
+async def test_signals_during_a_reload_make_exactly_one_more():
+    runs: list[int] = []
+    gate = asyncio.Event()
+
+    async def reload() -> None:
+        runs.append(len(runs))
+        await gate.wait()
+
+    coalesced = Coalesced(reload)
+    coalesced.trigger()
+    await asyncio.sleep(0)
+    for _ in range(3):  # three edits and signals while the first reload runs
+        coalesced.trigger()
+    gate.set()
+    await coalesced.wait()
+    assert runs == [0, 1]  # the last edit is applied once, not three times
