@@ -127,8 +127,9 @@ def proxy_route_names(config: Config) -> list[str]:
 def proxy_add_routes(app: web.Application) -> None:
     """Add HTTP endpoints to the application (e.g. ``/-/usage``).
 
-    Called once while the application is built, after ``proxy_configure``.
-    Plugin endpoints should live under ``/-/``.
+    Called once per configuration (at start-up, and for each reload) while its
+    application is built, after ``proxy_configure``; a reload's routes replace the
+    previous ones. Plugin endpoints should live under ``/-/``.
     """
 
 
@@ -150,7 +151,9 @@ def proxy_builtin_upstream(name: str, settings: UpstreamSettings) -> str | None:
 def proxy_startup(app: web.Application) -> None:
     """The application is starting (may be async): open files, start tasks.
 
-    All implementations run, in order; an exception aborts start-up.
+    All implementations run, in order; an exception aborts start-up. A reload
+    starts the new configuration's plugins here while the previous ones still
+    serve their in-flight requests (share files and connections accordingly).
     """
 
 
@@ -158,8 +161,9 @@ def proxy_startup(app: web.Application) -> None:
 def proxy_shutdown(app: web.Application) -> None:
     """The application is stopping (may be async), after in-flight requests ended.
 
-    All implementations run; flush buffers and close resources here. Exceptions
-    are logged and do not stop the other implementations.
+    Also called on a configuration a reload replaced, once its last request is
+    done. All implementations run; flush buffers and close resources here.
+    Exceptions are logged and do not stop the other implementations.
     """
 
 

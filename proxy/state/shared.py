@@ -25,6 +25,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -69,6 +72,8 @@ class SharedState:
         self.backend = settings.backend
         self.workers = workers
         self.worker = worker
+        #: Unique to this process in the whole fleet (host, pid, random): the owner of a lease.
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.on_error = settings.on_error
         self._prefix = settings.key_prefix
         self._share = 1.0 / (workers * settings.hosts)

@@ -73,6 +73,7 @@ def test_memory_state_keys_kept_objects_and_shares():
     buckets = state.keep("ratelimit.buckets", dict)
     assert state.keep("ratelimit.buckets", dict) is buckets  # what a reload gets back
     assert state.local_share(800) == 100  # 800 ÷ (2 hosts × 4 workers)
+    assert state.instance != SharedState().instance  # a lease owner unique to this process
     state.fallback()  # memory state never refuses
     with pytest.raises(RuntimeError, match="state.backend is memory"):
         _ = state.redis
