@@ -13,10 +13,11 @@ from .config import Config, Price, load_config, parse_config
 from .errors import ConfigError, ConfigErrors, Rejection, shorten
 from .hooks import Hooks
 from .hookspecs import hookimpl
-from .keys import CONFIG, HOOKS, REGISTRY, UPSTREAMS
+from .keys import CONFIG, HOOKS, REGISTRY, STATE, UPSTREAMS
 from .metrics import LabelCache
 from .policy import UNRESTRICTED, Budget, KeyPolicy, RateLimits
 from .settings import NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Settings
+from .state import STATE_ERRORS, SharedState
 from .text import content_text, conversation, last_user_text
 from .tokens import estimate_prompt_tokens, estimate_text_tokens, output_limit, request_token_bounds
 from .types import (
@@ -43,7 +44,8 @@ __all__ = [
     "ANONYMOUS", "Attempt", "AttemptRecord", "Budget", "CONFIG", "Clock", "Config", "ConfigError",
     "ConfigErrors", "EndpointKind", "HOOKS", "Hooks", "KeyPolicy", "LabelCache", "LoopClock", "ManualClock",
     "NonEmptyStr", "NonNegativeFloat", "NonNegativeInt", "PositiveFloat", "PositiveInt", "Price", "Principal",
-    "REGISTRY", "RateLimits", "Rejection", "Reply", "RequestContext", "Route", "STOP", "Settings", "Stop",
+    "REGISTRY", "RateLimits", "Rejection", "Reply", "RequestContext", "Route", "STATE", "STATE_ERRORS", "STOP",
+    "Settings", "SharedState", "Stop",
     "StreamChunk", "Target", "Timings", "UNRESTRICTED", "UPSTREAMS", "UpstreamResponse", "Usage",
     "add_config_option", "authenticate", "content_text", "conversation", "create_app", "estimate_prompt_tokens",
     "estimate_text_tokens", "hookimpl", "hookspecs", "last_user_text", "load_config", "output_limit",

@@ -1,7 +1,8 @@
 """The core's operational endpoints and the admin check plugins' endpoints use.
 
 ``/healthz`` (liveness), ``/readyz`` (config loaded, upstream sessions open, not
-shutting down), ``/metrics`` (Prometheus), ``/-/plugins`` (what is loaded). Every
+shutting down, shared state usable), ``/metrics`` (Prometheus; the whole host's with
+worker processes), ``/-/plugins`` (what is loaded). Every
 ``/-/`` endpoint runs the normal request path (see ``Gateway.admin_middleware``):
 authenticated first, logged and counted after.
 """
@@ -10,11 +11,12 @@ from __future__ import annotations
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .errors import Rejection
-from .keys import CONFIG, HOOKS, PLUGINS, READY, REGISTRY, UPSTREAMS
+from .keys import CONFIG, HOOKS, PLUGINS, READY, REGISTRY, STATE, UPSTREAMS
 from .loader import PluginInfo
+from .metrics import exposition
 from .request import request_principal
 from .types import ANONYMOUS, EndpointKind, Principal, RequestContext
 
@@ -57,14 +59,20 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
+    """200 when the gateway serves as configured. Shared state degraded: 200 ``"degraded"``
+    under ``state.on_error: local`` (limits are enforced locally), 503 under ``reject``."""
     app = request.app
-    checks = {"config": True, "started": app[READY]["ready"], "upstreams": app[UPSTREAMS].ready}
+    state = app[STATE]
+    checks = {"config": True, "started": app[READY]["ready"], "upstreams": app[UPSTREAMS].ready,
+              "state": state.ready}
     ok = all(checks.values())
-    return web.json_response({"status": "ready" if ok else "not ready", "checks": checks}, status=200 if ok else 503)
+    status = ("degraded" if state.degraded else "ready") if ok else "not ready"
+    body = {"status": status, "checks": checks, "state": state.status()}
+    return web.json_response(body, status=200 if ok else 503)
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[REGISTRY])
+    body = exposition(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

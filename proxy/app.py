@@ -1,8 +1,12 @@
 """``create_app(config)``: one self-contained application per call.
 
-The plugin manager, hooks, upstream sessions and metrics registry are built here
-and kept under :class:`aiohttp.web.AppKey`\\ s — no module-level state — so tests
-can run many applications side by side.
+The application is a shell that outlives configuration reloads: it owns the
+:class:`~proxy.state.SharedState`, the metrics registry and the core's metrics,
+and hands every request to its current :class:`~proxy.generation.Generation` —
+the plugin manager, hooks, gateway, upstream sessions and routes one config
+builds (:func:`build_generation`, the same code for the first config and every
+reload). Everything lives under :class:`aiohttp.web.AppKey`\\ s — no
+module-level state — so tests can run many applications side by side.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ import asyncio
 import contextlib
 import logging
 import uuid
+import weakref
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pluggy
@@ -22,18 +28,49 @@ from .admin import add_admin_routes
 from .config import Config
 from .defaults import AccessLog, CoreDefaults
 from .errors import ConfigError, ConfigErrors, Rejection, error_response
+from .generation import Generation, Generations
 from .hooks import Hooks
 from .hookspecs import proxy_builtin_upstream
-from .keys import CONFIG, GATEWAY, HOOKS, PLUGIN_MANAGER, PLUGINS, READY, REGISTRY, UPSTREAMS
+from .keys import (
+    CONFIG,
+    GATEWAY,
+    GENERATIONS,
+    HOOKS,
+    PLUGIN_MANAGER,
+    PLUGINS,
+    READY,
+    REGISTRY,
+    SERVED,
+    STATE,
+    UPSTREAMS,
+)
 from .loader import BUILTIN_PLUGINS, build_plugin_manager
-from .metrics import CoreMetrics
+from .metrics import CoreMetrics, MetricsRegistry
 from .request import MODEL_ENDPOINTS, Gateway
+from .state import SharedState
 from .upstream import Upstreams
 
 log = logging.getLogger("floodgate")
 
-__all__ = ["CONFIG", "GATEWAY", "HOOKS", "PLUGINS", "PLUGIN_MANAGER", "READY", "REGISTRY", "UPSTREAMS",
-           "create_app"]
+__all__ = ["CONFIG", "GATEWAY", "GENERATIONS", "HOOKS", "PLUGINS", "PLUGIN_MANAGER", "READY", "REGISTRY", "STATE",
+           "UPSTREAMS", "build_generation", "create_app"]
+
+#: Keys a generation's application has that the shell copies from its first generation.
+_FIRST_GENERATION_KEYS = (CONFIG, PLUGIN_MANAGER, PLUGINS, HOOKS, UPSTREAMS, GATEWAY)
+
+
+@dataclass(frozen=True)
+class AppParts:
+    """What every generation of one application shares, and how its plugins are found."""
+
+    state: SharedState
+    registry: MetricsRegistry
+    metrics: CoreMetrics
+    ready: dict[str, Any]
+    served: weakref.WeakSet[Any]
+    plugins: Sequence[Any]
+    builtins: tuple[str, ...]
+    entry_points: bool
 
 
 def create_app(
@@ -42,26 +79,65 @@ def create_app(
     plugins: Sequence[Any] = (),
     builtins: Iterable[str] = BUILTIN_PLUGINS,
     entry_points: bool = True,
+    state: SharedState | None = None,
 ) -> web.Application:
     """Build the application for ``config``. Raises :class:`ConfigErrors` on any bad setting.
 
-    :param plugins: extra plugin objects to register (after all others).
+    :param plugins: extra plugin objects to register (after all others; the same
+        objects in every generation a reload builds).
     :param builtins: the built-in plugin references to load (all by default).
     :param entry_points: whether to load plugins from the ``floodgate`` entry-point group.
+    :param state: the shared state (default: one made from the ``state`` section for
+        ``server.workers`` processes).
+
+    The returned application's ``CONFIG``, ``HOOKS``, ``PLUGINS``, ``PLUGIN_MANAGER``,
+    ``UPSTREAMS`` and ``GATEWAY`` are its first generation's; after a reload the live
+    ones are ``app[GENERATIONS].current.app[...]`` (handlers and plugins always see
+    their own generation's application as ``request.app`` / the hook's ``app``).
     """
-    registry = CollectorRegistry()
+    if state is None:
+        state = SharedState(config.settings.state, workers=config.server.worker_count)
+    registry = MetricsRegistry()
     metrics = CoreMetrics(registry)
-    core: list[Any] = [CoreDefaults(), metrics]
+    state.bind_metrics(registry)
+    parts = AppParts(state=state, registry=registry, metrics=metrics, ready={"ready": False},
+                     served=weakref.WeakSet(), plugins=tuple(plugins), builtins=tuple(builtins),
+                     entry_points=entry_points)
+    first = build_generation(config, parts, 1)
+    generations = Generations(first, lambda c, n: build_generation(c, parts, n), registry, state)
+    app = web.Application(client_max_size=config.server.max_body_bytes)
+    for key in _FIRST_GENERATION_KEYS:
+        app[key] = first.app[key]
+    app[STATE] = state
+    app[REGISTRY] = registry
+    app[READY] = parts.ready
+    app[SERVED] = parts.served
+    app[GENERATIONS] = generations
+    # The generation's own router answers Expect: 100-continue (after its auth check).
+    app.router.add_route("*", "/{tail:.*}", generations.handle, expect_handler=_defer_expect)
+    app.on_startup.append(_startup)
+    app.on_shutdown.append(_shutdown)
+    app.on_cleanup.append(_cleanup)
+    return app
+
+
+def build_generation(config: Config, parts: AppParts, number: int) -> Generation:
+    """The application one config makes: plugins configured, routes added, not started.
+
+    Raises :class:`ConfigErrors` with every error of the pass (core, loader, plugins).
+    """
+    registry = parts.registry.stage()
+    core: list[Any] = [CoreDefaults(), parts.metrics]
     if config.server.access_log:
-        core.append(AccessLog())
-    pm, infos, errors = build_plugin_manager(core=core, builtins=builtins, entry_points=entry_points,
-                                             modules=config.plugin_modules, extra=plugins,
+        core.append(AccessLog(worker=parts.state.worker))
+    pm, infos, errors = build_plugin_manager(core=core, builtins=parts.builtins, entry_points=parts.entry_points,
+                                             modules=config.plugin_modules, extra=parts.plugins,
                                              disabled=config.disabled_plugins)
     hooks = Hooks(pm)
-    _configure(pm, hooks, config, registry, errors)
+    _configure(pm, hooks, config, registry, parts.state, errors)
 
     upstreams = Upstreams(config)
-    gateway = Gateway(config, hooks, upstreams, metrics)
+    gateway = Gateway(config, hooks, upstreams, parts.metrics)
     app = web.Application(client_max_size=config.server.max_body_bytes,
                           middlewares=[_rejections, gateway.path_middleware, gateway.admin_middleware])
     app[CONFIG] = config
@@ -69,25 +145,31 @@ def create_app(
     app[PLUGINS] = infos
     app[HOOKS] = hooks
     app[UPSTREAMS] = upstreams
-    app[REGISTRY] = registry
+    app[REGISTRY] = parts.registry
     app[GATEWAY] = gateway
-    app[READY] = {"ready": False}
+    app[READY] = parts.ready
+    app[SERVED] = parts.served
+    app[STATE] = parts.state
     _add_routes(app, gateway)
     add_admin_routes(app)
     hooks.add_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", gateway.passthrough)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     app.on_response_prepare.append(_ensure_request_id)
-    app.on_startup.append(_startup)
-    app.on_shutdown.append(_shutdown)
-    app.on_cleanup.append(_cleanup)
-    return app
+    app.on_startup.append(_start_generation)
+    app.on_cleanup.append(_stop_generation)
+    return Generation(number, config, app, hooks, upstreams, registry)
 
 
 def _configure(pm: pluggy.PluginManager, hooks: Hooks, config: Config, registry: CollectorRegistry,
-               errors: list[ConfigError]) -> None:
+               state: SharedState, errors: list[ConfigError]) -> None:
     """Run every ``proxy_configure``; raise all errors (the loader's too) together."""
-    errors = [*errors, *hooks.configure(config, registry)]
+    errors = [*errors, *hooks.configure(config, registry, state)]
+    if state.workers > 1 and config.settings.state.backend == "memory":
+        message = (f"{state.workers} worker processes need shared state: set state.backend: redis (and "
+                   "state.url); memory state is per process, so each worker would enforce every limit, budget "
+                   "and breaker on its own")
+        errors.append(config.error(("state", "backend"), message))
     if not hooks.implemented(proxy_builtin_upstream):
         errors.extend(config.error(("upstreams", name, "base_url"), f"no loaded plugin serves {u.base_url!r} "
                                    "(the mock upstream is the 'mock' plugin, installed with floodgate)")
@@ -142,10 +224,21 @@ async def _ensure_request_id(request: web.Request, response: web.StreamResponse)
         response.headers["x-request-id"] = uuid.uuid4().hex
 
 
+async def _defer_expect(request: web.Request) -> None:
+    return None
+
+
 async def _startup(app: web.Application) -> None:
-    await app[UPSTREAMS].start(app[HOOKS].builtin_upstream)
-    await app[HOOKS].startup(app)
-    app[READY]["lag_watch"] = asyncio.create_task(app[GATEWAY].metrics.watch_loop_lag())
+    await app[STATE].start()  # the Redis pool is open before any plugin starts
+    try:
+        await app[GENERATIONS].start()
+    except BaseException:
+        # aiohttp runs no on_cleanup for an application that failed to start: close what opened.
+        with contextlib.suppress(Exception):
+            await app[GENERATIONS].close()
+        await app[STATE].close()
+        raise
+    app[READY]["lag_watch"] = asyncio.create_task(app[GENERATIONS].current.app[GATEWAY].metrics.watch_loop_lag())
     app[READY]["ready"] = True
 
 
@@ -159,6 +252,18 @@ async def _cleanup(app: web.Application) -> None:
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watch
+    try:
+        await app[GENERATIONS].close()
+    finally:
+        await app[STATE].close()
+
+
+async def _start_generation(app: web.Application) -> None:
+    await app[UPSTREAMS].start(app[HOOKS].builtin_upstream)
+    await app[HOOKS].startup(app)
+
+
+async def _stop_generation(app: web.Application) -> None:
     await app[HOOKS].shutdown(app)
     await app[UPSTREAMS].close()
 

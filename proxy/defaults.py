@@ -35,12 +35,14 @@ class AccessLog:
     """One structured line per request on the ``floodgate.access`` logger.
 
     Only names, never secrets: the caller appears by its principal's name.
+    ``worker=<n>`` says which worker process served it (1 without workers).
     """
 
     name = "accesslog"
 
-    def __init__(self) -> None:
+    def __init__(self, worker: int = 1) -> None:
         self.log = logging.getLogger("floodgate.access")
+        self.worker = worker
 
     @hookimpl(trylast=True)
     def proxy_finished(self, ctx: RequestContext) -> None:
@@ -49,9 +51,9 @@ class AccessLog:
         usage = ctx.usage
         target = ctx.target
         self.log.info(
-            "request_id=%s key=%s method=%s endpoint=%s model=%s used=%s status=%d duration_ms=%.1f "
+            "request_id=%s worker=%d key=%s method=%s endpoint=%s model=%s used=%s status=%d duration_ms=%.1f "
             "overhead_ms=%.2f attempts=%d prompt_tokens=%s completion_tokens=%s estimated=%s cost_usd=%s%s%s",
-            ctx.request_id, ctx.principal.name, ctx.method, ctx.endpoint, ctx.model or "-",
+            ctx.request_id, self.worker, ctx.principal.name, ctx.method, ctx.endpoint, ctx.model or "-",
             target.model if target else "-", ctx.status, ctx.timings.total * 1000, ctx.timings.overhead * 1000,
             len(ctx.attempts), usage.prompt_tokens if usage else "-", usage.completion_tokens if usage else "-",
             "yes" if ctx.usage_estimated else "no", f"{ctx.cost:.8f}" if ctx.cost is not None else "-",

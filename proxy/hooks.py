@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from .config import Config, UpstreamSettings
+    from .state import SharedState
 
 log = logging.getLogger("floodgate.hooks")
 
@@ -140,10 +141,18 @@ class Hooks:
         return result
 
     # -- start-up -----------------------------------------------------------------
-    def configure(self, config: Config, registry: CollectorRegistry) -> list[ConfigError]:
-        """Run every ``proxy_configure``; return all their errors (none stops the others)."""
+    def configure(self, config: Config, registry: CollectorRegistry,
+                  state: SharedState | None = None) -> list[ConfigError]:
+        """Run every ``proxy_configure``; return all their errors (none stops the others).
+
+        Without ``state`` the plugins get a fresh in-memory :class:`SharedState`.
+        """
+        if state is None:
+            from .state import SharedState
+
+            state = SharedState()
         errors: list[ConfigError] = []
-        kwargs = {"config": config, "registry": registry}
+        kwargs = {"config": config, "registry": registry, "state": state}
         for impl in self._impls["proxy_configure"]:
             try:
                 impl.fn(*[kwargs[a] for a in impl.argnames])

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from .config import Config, UpstreamSettings
+    from .state import SharedState
     from .types import (
         Attempt,
         AttemptRecord,
@@ -88,10 +89,11 @@ def spec(mode: Mode, *, may_be_async: bool) -> Callable[[F], F]:
 # --- lifecycle -------------------------------------------------------------
 
 @spec(Mode.ALL, may_be_async=False)
-def proxy_configure(config: Config, registry: CollectorRegistry) -> None:
-    """Read and validate this plugin's settings; create its metrics.
+def proxy_configure(config: Config, registry: CollectorRegistry, state: SharedState) -> None:
+    """Read and validate this plugin's settings; create its metrics; build its stores.
 
-    Called once per application, synchronously, before it starts serving.
+    Called once per configuration, synchronously, before it serves: at start-up
+    and again for each configuration a reload builds (on new plugin objects).
     Validate your block with ``config.plugin_settings(name, Model)``, which
     raises :class:`proxy.ConfigError` naming the key path (``plugins.<name>.x``)
     and line; raise ``ConfigError`` yourself for other problems. A raised error
@@ -99,7 +101,13 @@ def proxy_configure(config: Config, registry: CollectorRegistry) -> None:
 
     :param config: the validated core configuration.
     :param registry: the application's Prometheus registry; register the
-        plugin's metrics here (never in the global default registry).
+        plugin's metrics here (never in the global default registry). A reload
+        registers them again: same name, labels and help continue the series.
+    :param state: the application's :class:`proxy.SharedState` (it outlives
+        reloads): the Redis client and key names when ``state.backend`` is
+        ``redis``, the worker count, ``state.keep(name, factory)`` for in-memory
+        state a reload must not lose, and degraded-mode reporting. Like every
+        argument, it may be left out of the implementation's signature.
     """
 
 
@@ -129,8 +137,9 @@ def proxy_route_names(config: Config) -> list[str]:
 def proxy_add_routes(app: web.Application) -> None:
     """Add HTTP endpoints to the application (e.g. ``/-/usage``).
 
-    Called once while the application is built, after ``proxy_configure``.
-    Plugin endpoints should live under ``/-/``.
+    Called once per configuration (at start-up, and for each reload) while its
+    application is built, after ``proxy_configure``; a reload's routes replace the
+    previous ones. Plugin endpoints should live under ``/-/``.
     """
 
 
@@ -152,7 +161,9 @@ def proxy_builtin_upstream(name: str, settings: UpstreamSettings) -> str | None:
 def proxy_startup(app: web.Application) -> None:
     """The application is starting (may be async): open files, start tasks.
 
-    All implementations run, in order; an exception aborts start-up.
+    All implementations run, in order; an exception aborts start-up. A reload
+    starts the new configuration's plugins here while the previous ones still
+    serve their in-flight requests (share files and connections accordingly).
     """
 
 
@@ -160,8 +171,9 @@ def proxy_startup(app: web.Application) -> None:
 def proxy_shutdown(app: web.Application) -> None:
     """The application is stopping (may be async), after in-flight requests ended.
 
-    All implementations run; flush buffers and close resources here. Exceptions
-    are logged and do not stop the other implementations.
+    Also called on a configuration a reload replaced, once its last request is
+    done. All implementations run; flush buffers and close resources here.
+    Exceptions are logged and do not stop the other implementations.
     """
 
 

@@ -2,17 +2,32 @@
 
 Label children are cached per label tuple: ``.labels()`` takes a lock and
 builds a key on every call, which is measurable on the hot path.
+
+:class:`MetricsRegistry` keeps metrics continuous across configuration reloads;
+:func:`exposition` renders ``/metrics`` — this process's registry, or with
+worker processes (``PROMETHEUS_MULTIPROC_DIR`` set by the supervisor) the
+values every worker of the host wrote to that directory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector, DuplicateTimeseries
 
 from .hookspecs import hookimpl
 from .types import AttemptRecord, EndpointKind, RequestContext
+
+#: Set (to a directory) in worker processes: metric values live in files there, one set per process.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: What makes two metric objects the same series family: then one takes over the other's values.
+_IDENTITY = ("_type", "_name", "_labelnames", "_documentation", "_unit", "_upper_bounds", "_multiprocess_mode",
+             "_states")
 
 # Proxy overhead is sub-millisecond when healthy: fine buckets at the low end.
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
@@ -76,7 +91,8 @@ class CoreMetrics:
             ["model"], registry=registry))
         self.hedge_wins = LabelCache(Counter(
             "floodgate_hedge_wins", "Hedged attempts that answered first", ["model"], registry=registry))
-        self.in_flight = Gauge("floodgate_in_flight_requests", "Requests being handled now", registry=registry)
+        self.in_flight = Gauge("floodgate_in_flight_requests", "Requests being handled now", registry=registry,
+                               multiprocess_mode="livesum")
         self.loop_lag = Histogram(
             "floodgate_event_loop_lag_seconds", "How late the event loop ran a timer due now: time requests "
             "wait before any handler runs, which the overhead histogram cannot see",
@@ -119,3 +135,69 @@ class CoreMetrics:
             self.stalls(model, "after_commit" if attempt.committed else "before_commit").inc()
         if attempt.discarded:
             self.discarded(model).inc(attempt.discarded)
+
+
+class MetricsRegistry(CollectorRegistry):
+    """The application's registry; it outlives configuration reloads.
+
+    The core's and the shared state's metrics are registered here directly. Each
+    generation's plugins register theirs in a staging registry (:meth:`stage`: a
+    name twice within one generation is still an error), which :meth:`commit`
+    makes the exported set. A staged metric that the current generation has too
+    (same name, type, labels, help and buckets) takes over that metric's storage —
+    its children and values are then the same objects — so counters continue
+    across a reload, and the old generation's in-flight requests still count.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._generation: set[Collector] = set()
+
+    def stage(self) -> CollectorRegistry:
+        """A registry for the plugins of a generation being built."""
+        return _Staged(self)
+
+    def commit(self, staged: CollectorRegistry) -> None:
+        """Export ``staged``'s metrics instead of the current generation's."""
+        for collector in self._generation:
+            self.unregister(collector)
+        collectors = set(staged._collector_to_names)
+        for collector in collectors:
+            self.register(collector)
+        self._generation = collectors
+
+    def adopt(self, collector: Collector) -> None:
+        """Give ``collector`` the storage of the current generation's metric of the same name."""
+        names = self._get_names(collector)
+        current = {self._names_to_collectors[n] for n in names if n in self._names_to_collectors}
+        if not current:
+            return
+        old = current.pop()
+        if current or old not in self._generation:  # a clash with the core's own metrics: a real duplicate
+            raise DuplicateTimeseries(set(names) & set(self._names_to_collectors))
+        if _same_family(old, collector):
+            collector.__dict__.update({k: v for k, v in old.__dict__.items() if k != "_child_samples"})
+
+
+class _Staged(CollectorRegistry):
+    def __init__(self, live: MetricsRegistry) -> None:
+        super().__init__()
+        self._live = live
+
+    def register(self, collector: Collector) -> None:
+        super().register(collector)
+        self._live.adopt(collector)
+
+
+def _same_family(old: Collector, new: Collector) -> bool:
+    return (isinstance(old, MetricWrapperBase) and type(old) is type(new)
+            and all(getattr(old, a, None) == getattr(new, a, None) for a in _IDENTITY))
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The ``/metrics`` body: the whole host's when worker processes share a metrics directory."""
+    if os.environ.get(MULTIPROC_ENV):
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)
+        return generate_latest(merged)
+    return generate_latest(registry)

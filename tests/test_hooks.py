@@ -171,18 +171,20 @@ class Configured:
         repeat: int = Field(1, gt=0)
 
     @hookimpl
-    def proxy_configure(self, config, registry):
+    def proxy_configure(self, config, registry, state):
         self.options = config.plugin_settings(self.name, self.Options)
         from prometheus_client import Counter
         self.counter = Counter("floodgate_configured_things", "things", registry=registry)
+        self.state = state
 
 
 def test_hook_proxy_configure():
     base = mock_config("http://127.0.0.1:9/v1")
     plugin = Configured()
-    create_app(config_from_dict({**base, "plugins": {"configured": {"greeting": "你好"}}}), plugins=[plugin],
-               builtins=(), entry_points=False)
+    app = create_app(config_from_dict({**base, "plugins": {"configured": {"greeting": "你好"}}}), plugins=[plugin],
+                     builtins=(), entry_points=False)
     assert plugin.options.greeting == "你好" and plugin.options.repeat == 1
+    assert plugin.state is app[proxy.STATE] and plugin.state.backend == "memory"
     with pytest.raises(ConfigErrors) as info:
         create_app(config_from_dict({**base, "plugins": {"configured": {"repeat": 0, "greting": "x"}}}),
                    plugins=[Configured()], builtins=(), entry_points=False)

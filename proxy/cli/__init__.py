@@ -1,6 +1,6 @@
 """The ``floodgate`` command line.
 
-The core adds ``serve`` and ``check`` (``commands``); every other command comes
+The core adds ``serve``, ``check`` and ``reload`` (``commands``); every other command comes
 from a plugin's ``proxy_add_commands``: the built-ins (``usage``, ``route``,
 ``key``) and the tools registered as entry points (``mock-upstream``,
 ``loadtest``, ``demo``).
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from ..hooks import Hooks
 from ..loader import BUILTIN_PLUGINS, build_plugin_manager
-from .commands import add_config_option, cmd_check, cmd_serve
+from .commands import add_config_option, cmd_check, cmd_reload, cmd_serve, workers_option
 
 __all__ = ["add_config_option", "build_parser", "main"]
 
@@ -33,7 +33,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_option(serve)
     serve.add_argument("--host", help="listen address (default: server.host from the config)")
     serve.add_argument("--port", type=int, help="listen port (default: server.port from the config)")
+    serve.add_argument("--workers", type=workers_option, metavar="N",
+                       help="worker processes sharing the port, or 'auto' for one per CPU (default: server.workers "
+                            "from the config); more than 1 needs state.backend: redis")
     serve.set_defaults(func=cmd_serve)
+
+    reload = sub.add_parser("reload", help="make a running gateway reload its config",
+                            description="Validate the config as `check` does, then send SIGHUP to the gateway "
+                                        "whose pid is in server.pid_file. The gateway validates again, switches "
+                                        "to it without dropping requests, and logs the outcome; on any error it "
+                                        "keeps its running config.")
+    add_config_option(reload)
+    reload.add_argument("--pid-file", metavar="PATH", help="the running gateway's pid file "
+                                                            "(default: server.pid_file from the config)")
+    reload.add_argument("--workers", type=workers_option, metavar="N",
+                        help="the running gateway's worker count, if not server.workers")
+    reload.set_defaults(func=cmd_reload)
 
     check = sub.add_parser("check", help="validate a config file and exit",
                            description="Validate the config (every section and every plugin's block). "

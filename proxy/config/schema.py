@@ -6,10 +6,12 @@ misspelled key is an error naming its path and line, never silently ignored.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from ..settings import NonNegativeFloat, PositiveFloat, PositiveInt, Settings
 from ..types import Usage
@@ -27,6 +29,9 @@ class ClientTimeouts(Settings):
     keepalive: PositiveFloat = 15.0  # an idle keep-alive connection is closed after
 
 
+MAX_WORKERS = 256
+
+
 class ServerSettings(Settings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -35,6 +40,26 @@ class ServerSettings(Settings):
     access_log: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     timeouts: ClientTimeouts = ClientTimeouts()
+    #: Worker processes sharing the listening socket; ``auto`` = the CPUs this process may use.
+    workers: int | Literal["auto"] = 1
+    #: Where ``floodgate serve`` writes its process id (``floodgate reload`` reads it).
+    pid_file: str | None = Field(None, min_length=1)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+            raise ValueError(f"must be 'auto' or a whole number from 1 to {MAX_WORKERS}")
+        return value
+
+    @property
+    def worker_count(self) -> int:
+        """``workers`` resolved: ``auto`` is the number of CPUs this process may run on."""
+        if self.workers != "auto":
+            return self.workers
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class Timeouts(Settings):
@@ -144,8 +169,60 @@ class PluginsSection(Settings):
     disabled: list[str] = []
 
 
+_KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)*$")
+
+
+class StateTimeouts(Settings):
+    """Seconds. A Redis command that takes longer counts as a failure (degraded mode)."""
+
+    connect: PositiveFloat = 1.0
+    command: PositiveFloat = 0.5
+
+
+class StateSettings(Settings):
+    """Where state that must see all traffic lives (buckets, leases, budgets, breakers)."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    #: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS) or ``unix:///path``. Never logged.
+    url: SecretStr | None = None
+    key_prefix: str = Field("floodgate", min_length=1, max_length=64)
+    #: What requests that need shared state get while Redis is unreachable: each worker's
+    #: local share of every limit (``local``), or 503 with ``retry-after`` (``reject``).
+    on_error: Literal["local", "reject"] = "local"
+    #: Gateway hosts sharing this Redis: while it is unreachable each worker enforces
+    #: limit ÷ (hosts × workers), so the fleet together stays within each limit.
+    hosts: PositiveInt = 1
+    pool_size: PositiveInt = 64
+    timeouts: StateTimeouts = StateTimeouts()
+    #: Seconds between health checks while Redis answers (``/readyz`` notices an outage even
+    #: without traffic); while it does not, probes start at 0.1 s and back off to this.
+    check_interval: PositiveFloat = 2.0
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url(cls, value: Any) -> Any:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, str) and not text.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")  # the value may hold a password
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not _KEY_PREFIX.match(value):
+            raise ValueError("must be letters, digits, '_', '.', '-', in parts joined by ':'")
+        return value
+
+    @model_validator(mode="after")
+    def _url_for_redis(self) -> StateSettings:
+        if self.backend == "redis" and self.url is None:
+            raise ValueError("backend redis needs a url (e.g. redis://127.0.0.1:6379/0)")
+        return self
+
+
 class CoreSettings(Settings):
     server: ServerSettings = ServerSettings()
+    state: StateSettings = StateSettings()
     upstreams: dict[str, UpstreamSettings] = Field(min_length=1)
     models: dict[str, ModelSettings] = {}
     aliases: dict[str, str] = {}
