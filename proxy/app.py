@@ -153,8 +153,6 @@ def build_generation(config: Config, parts: AppParts, number: int) -> Generation
     _add_routes(app, gateway)
     add_admin_routes(app)
     hooks.add_routes(app)
-    app.router.add_route("*", "/v1/{tail:.*}", gateway.passthrough)
-    app.router.add_route("*", "/{tail:.*}", _not_found)
     app.on_response_prepare.append(_ensure_request_id)
     app.on_startup.append(_start_generation)
     app.on_cleanup.append(_stop_generation)
@@ -266,7 +264,3 @@ async def _start_generation(app: web.Application) -> None:
 async def _stop_generation(app: web.Application) -> None:
     await app[HOOKS].shutdown(app)
     await app[UPSTREAMS].close()
-
-
-async def _not_found(request: web.Request) -> web.Response:
-    return error_response(Rejection(404, f"unknown path {request.path}", code="not_found", should_retry=False))

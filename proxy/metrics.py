@@ -106,17 +106,26 @@ class CoreMetrics:
             await asyncio.sleep(interval)
             self.loop_lag.observe(max(0.0, loop.time() - due))
 
+    @staticmethod
+    def model_label(ctx: RequestContext, model: str | None) -> str:
+        """A bounded label: an exact catalogue model, the pattern serving a name (a name a
+        pattern serves is client-chosen: it must not mint series), or ``-``."""
+        if not model:
+            return "-"
+        config = ctx.config
+        return model if model in config.models else config.catalogue_name(model) or "-"
+
     @hookimpl(trylast=True)
     def proxy_finished(self, ctx: RequestContext) -> None:
         target = ctx.target
-        model = target.model if target else (ctx.model if ctx.model and ctx.config.resolve(ctx.model) else "-")
+        model = self.model_label(ctx, target.model if target else ctx.model)
         # Bounded label values: passthrough paths and admin endpoints are counted by kind.
         endpoint = ctx.endpoint if ctx.kind is EndpointKind.MODEL else ctx.kind.value
         self.requests(endpoint, model, str(ctx.status)).inc()
         self.duration(endpoint).observe(ctx.timings.total)
         self.overhead(endpoint).observe(ctx.timings.overhead)
         for attempt in ctx.attempts:
-            model = attempt.target.model
+            model = self.model_label(ctx, attempt.target.model)
             outcome = "ok" if attempt.ok else attempt.error or "error"
             self.upstream(attempt.target.upstream, model, outcome).observe(attempt.duration)
             if ctx.stream:
@@ -126,7 +135,7 @@ class CoreMetrics:
                 if attempt.committed:
                     self.hedge_wins(model).inc()
         if ctx.stream and ctx.timings.first_byte is not None and target is not None:
-            self.ttft(target.model).observe(ctx.timings.first_byte - ctx.timings.received)
+            self.ttft(self.model_label(ctx, target.model)).observe(ctx.timings.first_byte - ctx.timings.received)
 
     def _stream_attempt(self, model: str, attempt: AttemptRecord) -> None:
         if attempt.first_event is not None:

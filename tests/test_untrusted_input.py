@@ -124,3 +124,14 @@ async def test_overhead_excludes_the_upstream_wait_of_an_aborted_request(floodga
     assert ctx.client_disconnected and ctx.attempts[0].error == "cancelled"
     # The request lasted as long as the upstream wait; the proxy's own share is a sliver of it.
     assert ctx.timings.upstream > 0.2 and ctx.timings.overhead < ctx.timings.upstream / 5
+
+
+async def test_client_chosen_model_names_never_mint_metric_series(floodgate):
+    from proxy.testing import MOCK_MODELS
+
+    gw = await floodgate(models={**MOCK_MODELS, "*": {"price": None}})
+    for i in range(20):
+        await gw.client.post("/v1/chat/completions", json={**CHAT, "model": f"made-up-{i}"})
+    text = await gw.metrics()
+    assert "made-up-" not in text
+    assert 'model="*"' in text  # counted under the pattern that served them

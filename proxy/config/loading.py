@@ -51,9 +51,9 @@ def _build(located: LocatedYaml) -> Config:
     for name, upstream in settings.upstreams.items():
         if upstream.mock is not None and upstream.base_url != MOCK_BASE_URL:
             # The shipped config keeps its mock block when FLOODGATE_UPSTREAM_URL points at a
-            # real provider: say it is unused rather than refuse to start.
-            log.info("%s:%s upstreams.%s.mock: not used (base_url is not %s)", config.source,
-                     config.line_of(("upstreams", name, "mock")), name, MOCK_BASE_URL)
+            # real provider: say it is unused rather than refuse to start (shown by check and serve).
+            config.warnings.append(config.error(("upstreams", name, "mock"),
+                                                f"not used (base_url is not {MOCK_BASE_URL})"))
     if errors:
         raise ConfigErrors(errors)
     config.warnings.extend(_pattern_warnings(config))
