@@ -91,15 +91,26 @@ class Target:
     :param upstream_model: the model id sent to the upstream.
     :param overrides: request fields to set on the forwarded body (``max_tokens``
         caps, a prepended system prompt is expressed by the router as ``messages``).
+    :param deployment: which of the model's deployments (catalogue ``deployments``) this is;
+        ``None`` for a model served by one ``upstream``. A route lists a model's deployments
+        one after the other, each a target of its own.
     """
 
     model: str
     upstream: str
     upstream_model: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    deployment: str | None = None
 
     def with_overrides(self, **overrides: Any) -> Target:
-        return Target(self.model, self.upstream, self.upstream_model, {**self.overrides, **overrides})
+        return Target(self.model, self.upstream, self.upstream_model, {**self.overrides, **overrides},
+                      self.deployment)
+
+    @property
+    def qualified(self) -> str:
+        """``model@deployment``, or the model for a model without deployments: what health,
+        limits and metrics of one concrete place are keyed by."""
+        return self.model if self.deployment is None else f"{self.model}@{self.deployment}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +180,10 @@ class AttemptRecord:
     :param hedged: it ran concurrently with another attempt of the same request
         (a hedged pair: both are marked); ``hedge``: it was the extra one.
     :param discarded: events held before commitment and thrown away when it failed.
+    :param upstream_headers: the upstream's response headers as received (its answer's, or its
+        error's), ``None`` when no response came. Rate-limit headers (``x-ratelimit-*``,
+        ``retry-after``) are here for plugins that learn the provider's limits; the core never
+        relays them to the client.
     """
 
     target: Target
@@ -185,6 +200,7 @@ class AttemptRecord:
     hedged: bool = False
     hedge: bool = False
     discarded: int = 0
+    upstream_headers: Mapping[str, str] | None = None
 
     @property
     def ok(self) -> bool:
@@ -261,6 +277,12 @@ class RequestContext:
     :param kind: what the request is for (model call, model list, passthrough, admin).
     :param preview: ``True`` on the copy :meth:`proxy.hooks.Hooks.preview_route` routes
         speculatively: record nothing (no metrics, no state for later stages).
+    :param degraded: the names of the degradation steps (an overload policy's) that changed how
+        this request is served, in the order they applied; the core sends them in
+        ``x-floodgate-degraded``. Empty: served as asked.
+    :param relax: set by an overload policy before ``proxy_short_circuit``: the name of a step
+        under which short-circuit plugins may answer with looser matches than usual. A plugin
+        that answers only thanks to it appends the name to :attr:`degraded`.
     """
 
     request_id: str
@@ -287,6 +309,8 @@ class RequestContext:
     state: dict[str, Any] = field(default_factory=dict)
     kind: EndpointKind = EndpointKind.MODEL
     preview: bool = False
+    degraded: list[str] = field(default_factory=list)
+    relax: str | None = None
     request_bytes: int = 0  # body bytes received from the client
     response_bytes: int = 0  # body bytes sent to the client (passthrough: as relayed)
     _user_text: str | None = field(default=None, repr=False)

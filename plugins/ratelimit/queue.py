@@ -129,6 +129,16 @@ class AdmissionQueue:
             return None
         return next((s for s in plan.specs if s.key in self._blocked), None)
 
+    def by_route(self, now: float) -> dict[str, tuple[int, float]]:
+        """Waiters per route, and the predicted wait of each route's last (when it expects to go)."""
+        out: dict[str, tuple[int, float]] = {}
+        for waiter in self._waiters:
+            route = waiter.ctx.route
+            name = route.name if route is not None else "-"
+            count, wait = out.get(name, (0, 0.0))
+            out[name] = (count + 1, max(wait, waiter.due - now))
+        return out
+
     def enqueue(self, ctx: proxy.RequestContext, plan: Plan, blocker: Spec, now: float, *, wait: float,
                 refill: float | None = None) -> Awaitable[None]:
         """Park a request until a scan admits it or ``max_wait`` has passed.

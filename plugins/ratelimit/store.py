@@ -100,6 +100,12 @@ class BucketStore(Protocol):
         """
         ...
 
+    def lower(self, caps: Sequence[Return], now: float) -> Awaitable[None] | None:
+        """Lower each ``(claim, level)`` bucket to at most ``level`` (what an upstream says is left;
+        below zero: a debt the refill pays first). Never raises a level; concurrency slots
+        (``rate == 0``) are left alone."""
+        ...
+
     def close(self) -> Awaitable[None] | None:
         """Stop background work (a shared store's lease renewals)."""
         ...
@@ -173,6 +179,12 @@ class MemoryBucketStore:
         for claim, amount in returns:
             self.give_back(claim, amount, now)
 
+    def lower(self, caps: Sequence[Return], now: float) -> None:
+        for claim, level in caps:
+            if claim.rate > 0:
+                bucket = self._bucket(claim, now)
+                bucket[0] = min(bucket[0], level)
+
     def close(self) -> None:
         return None
 
@@ -214,3 +226,7 @@ class LocalShareStore(MemoryBucketStore):
     def settle(self, returns: Sequence[Return], lease: str, now: float) -> None:
         shares = self._share([claim for claim, _ in returns])
         super().settle([(share, amount) for share, (_, amount) in zip(shares, returns)], lease, now)
+
+    def lower(self, caps: Sequence[Return], now: float) -> None:
+        shares = self._share([claim for claim, _ in caps])
+        super().lower([(share, level / self.workers) for share, (_, level) in zip(shares, caps)], now)
