@@ -14,9 +14,10 @@ their declared order, to each request that finds it short:
 
 The first step that absorbs the request (an answer, a move, a refusal) ends its walk. A
 request no step in force absorbs brings the next step into force (at most one every
-``escalate_s``) and gets it. Steps come off one at a time, the last first, once every
-request has found capacity again (waits below ``recover_ms``) for ``hold_s``. Keys
-with ``degrade: false`` are never degraded: they get the route's own models or an error.
+``escalate_s``, and only while the wait has not improved since the last) and gets it.
+Steps come off one at a time, the last first, once every request has found capacity
+again (waits below ``recover_ms``) for ``hold_s``. Keys with ``degrade: false`` are
+never degraded: they get the route's own models or an error.
 
 Responses served by a step say so in ``x-floodgate-degraded: <step>``; the ledger records
 it (``degraded``); ``floodgate_degrade_requests_total{route,step}`` counts them,

@@ -140,7 +140,7 @@ class DegradePlugin:
             if await self._apply(ctx, ladder, step):
                 return
         now = self.clock.monotonic()
-        while (more := ladder.escalate(now)) is not None:  # nothing in force absorbed it: one more step
+        while (more := ladder.escalate(now, wait)) is not None:  # nothing in force absorbed it: one more step
             self._transitions(ladder.route, more.label, "on").inc()
             self._level(ladder.route).set(ladder.level)
             if await self._apply(ctx, ladder, more):

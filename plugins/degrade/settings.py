@@ -70,8 +70,9 @@ class LadderSettings(proxy.Settings):
     recover_ms: proxy.NonNegativeFloat = 50.0
     #: The last step in force comes off once capacity has been back this long (then the next one).
     hold_s: proxy.PositiveFloat = 10.0
-    #: At most one more step comes into force this often.
-    escalate_s: proxy.NonNegativeFloat = 0.5
+    #: At most one more step comes into force this often (and only while the wait is not improving):
+    #: the time the steps in force get to show their effect on the queue.
+    escalate_s: proxy.NonNegativeFloat = 1.0
     steps: Annotated[list[StepSettings], Field(min_length=1)]
 
     @model_validator(mode="after")

@@ -24,7 +24,7 @@ import proxy
 
 from .adaptive import Adaptive
 from .learn import ProviderView, read_headers
-from .plan import CONCURRENCY, REQUESTS, TOKENS, Spec, specs_for
+from .plan import CONCURRENCY, REQUESTS, TOKENS, Plan, Spec, specs_for
 from .settings import DeploymentPolicy, Limits
 from .store import Claim
 
@@ -116,9 +116,14 @@ class Deployment:
                 continue
             if throttled or remaining < _LOWER_BELOW * limit:
                 caps.append((spec.unit, remaining - since))
-        spec = by_kind.get(REQUESTS)
-        if throttled and spec is not None and view.retry_after:
-            caps.append((spec.unit, 1.0 - spec.rate * view.retry_after))  # empty until retry-after
+        if throttled and view.retry_after:
+            # Empty until retry-after: the quota the provider says is out (requests if it says nothing);
+            # a 429 while both show quota left is an overload, for adaptive concurrency, not a quota.
+            unstated = view.remaining_requests is None and view.remaining_tokens is None
+            for kind, remaining in ((REQUESTS, view.remaining_requests), (TOKENS, view.remaining_tokens)):
+                spec = by_kind.get(kind)
+                if spec is not None and ((remaining is not None and remaining < 1) or (unstated and kind is REQUESTS)):
+                    caps.append((spec.unit, (1.0 if kind is REQUESTS else 0.0) - spec.rate * view.retry_after))
         return caps
 
     def _set_limit(self, which: str, stated: float, configured: float | None) -> None:
@@ -171,6 +176,22 @@ class Deployments:
         deployment = self.of(target)
         return deployment.specs() if deployment is not None else ()
 
+    def refresh(self, plan: Plan) -> Plan:
+        """``plan`` with its deployment's limits as they are now (same buckets, same amounts): a
+        plan made before a limit changed must not take or give back against the old one."""
+        deployment = self.of(plan.target) if plan.target is not None else None
+        if deployment is None:
+            return plan
+        current = {spec.key: spec for spec in deployment.specs()}
+        if all(current.get(spec.key, spec) is spec for spec in plan.specs if spec.scope == "deployment"):
+            return plan
+        specs, claims = [], []
+        for spec, claim in zip(plan.specs, plan.claims):
+            new = current.get(spec.key, spec) if spec.scope == "deployment" else spec
+            specs.append(new)
+            claims.append(claim if new is spec else Claim(new.key, new.rate, new.burst, claim.amount))
+        return Plan(tuple(specs), tuple(claims), plan.reserved, plan.target)
+
     @staticmethod
     def candidates(route: proxy.Route | None) -> tuple[proxy.Target, ...]:
         """The route's first model's deployments (the leading targets of that model)."""
@@ -186,7 +207,8 @@ class Deployments:
 
     def order(self, candidates: Sequence[proxy.Target],
               unavailable: Callable[[proxy.Target], str | None]) -> list[proxy.Target]:
-        """``candidates`` by preference: available ones first, in the strategy's order."""
+        """The candidates a request may be placed on, by preference (the strategy's order): those no
+        plugin calls unavailable (an open breaker) — all of them if every one is."""
         found = [(t, self.of(t)) for t in candidates]
         strategy = self.policy.strategy
         if strategy == "weighted":
@@ -197,7 +219,7 @@ class Deployments:
         else:
             keyed = sorted(found, key=lambda p: (p[1].latency or 0.0) if p[1] else 0.0)
         ordered = [t for t, _ in keyed]
-        return [t for t in ordered if not unavailable(t)] + [t for t in ordered if unavailable(t)]
+        return [t for t in ordered if not unavailable(t)] or ordered
 
     def observe(self, attempt: proxy.AttemptRecord, now: float, *,
                 follow_headers: bool) -> tuple[list[tuple[Claim, float]], bool]:

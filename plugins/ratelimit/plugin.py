@@ -90,6 +90,7 @@ class RateLimitPlugin:
         self.deployments = deployments = Deployments(config, settings.deployments, registry, random.Random())
         self._planner = Planner(settings, next(iter(config.upstreams), None), self._rejections.too_large,
                                 config.catalogue_name, deployments.specs, bool(deployments.by_key))
+        self.queue.refresh = deployments.refresh
         self._m_admitted = Counter("floodgate_ratelimit_admitted", "Requests admitted by the rate limiter",
                                    registry=registry)
         self.queue.configure(settings.queue, settings.shared.recheck_ms, registry)
@@ -133,28 +134,24 @@ class RateLimitPlugin:
             return self._place(ctx, candidates)
         target = candidates[0] if candidates else None
         plan = planner.plan(ctx, target)
-        if plan is None:
-            if target is not None:
-                self._placed(ctx, Plan((), (), 0, target), self.store, "")
+        if plan is None and target is None:
             return None
-        return self._admit_plan(ctx, plan)
+        return self._admit_plan(ctx, plan or Plan((), (), 0, target))
 
     # -- placement on a model's deployments ------------------------------------------
     def _place(self, ctx: proxy.RequestContext, candidates: Sequence[proxy.Target]) -> Awaitable[None] | None:
         """Admit on the preferred deployment with headroom, else queue on the soonest (:mod:`.placement`)."""
         assert self.deployments is not None
         ordered = self.deployments.order(candidates, self._unavailable)
-        plans = [self._planner.plan(ctx, target) for target in ordered]
-        if any(plan is None for plan in plans):  # a deployment nothing limits: it has room
-            target = ordered[next(i for i, plan in enumerate(plans) if plan is None)]
-            self._placed(ctx, Plan((), (), 0, target), self.store, "")
-            return None
-        ready = [plan for plan in plans if plan is not None]
-        claims = peek_claims(ready)
+        # A deployment nothing limits has an empty plan: it always has room.
+        plans = [self._planner.plan(ctx, target) or Plan((), (), 0, target) for target in ordered]
+        if not plans[0].claims:
+            return self._admit_plan(ctx, plans[0])
+        claims = peek_claims(plans)
         peeked = self.store.peek(claims, self.clock.monotonic())
         if isinstance(peeked, Grant):
-            return self._admit_plan(ctx, ready[self._choose(ctx, ready, peeked, claims)])
-        return self._place_later(ctx, ready, claims, peeked)
+            return self._admit_plan(ctx, plans[self._choose(ctx, plans, peeked, claims)])
+        return self._place_later(ctx, plans, claims, peeked)
 
     async def _place_later(self, ctx: proxy.RequestContext, plans: list[Plan], claims: list[Claim],
                            pending: Awaitable[Grant]) -> None:
@@ -168,6 +165,9 @@ class RateLimitPlugin:
 
     def _admit_plan(self, ctx: proxy.RequestContext, plan: Plan) -> Awaitable[None] | None:
         store = self.store
+        if not plan.claims:
+            self._placed(ctx, plan, store, "")
+            return None
         now = self.clock.monotonic()
         blocker = self.queue.blocker(plan)
         if blocker is not None:  # earlier waiters are short on a bucket this one needs: get in line
@@ -261,6 +261,8 @@ class RateLimitPlugin:
         if admission is None:
             return
         plan = admission.plan
+        if admission.deployment is not None:
+            plan = self.deployments.refresh(plan)  # type: ignore[union-attr]  # give back under the limits now
         now = self.clock.monotonic()
         reached = bool(ctx.attempts)
         used = ctx.usage.total_tokens if reached and ctx.usage is not None else 0

@@ -102,6 +102,8 @@ class AdmissionQueue:
         self._failing = False
         self._m_wait: Histogram | None = None
         self._m_queue: Gauge | None = None
+        #: A waiter's plan with the limits in force now (the plugin's; adaptive limits change).
+        self.refresh: Callable[[Plan], Plan] = lambda plan: plan
 
     def __len__(self) -> int:
         return len(self._waiters)
@@ -286,6 +288,7 @@ class AdmissionQueue:
             if not waiter.queued or waiter.future.done() or any(s.key in blocked for s in waiter.plan.specs):
                 # Leaving (its task removes it), or FIFO per bucket: an earlier waiter is short on one it needs.
                 continue
+            waiter.plan = self.refresh(waiter.plan)  # limits may have changed while it waited
             grant = yield waiter.plan.claims
             now = self.clock.monotonic()
             if not waiter.queued or waiter.future.done():  # it left while the store answered

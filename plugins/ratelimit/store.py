@@ -4,7 +4,8 @@ A bucket holds up to ``burst`` units and refills at ``rate`` units per second.
 It is stored as ``(level, last_update)`` and refilled lazily when touched: no
 timer or task per bucket. A bucket with ``rate == 0`` never refills: it counts
 concurrency slots (take 1 when a request starts, give it back when it ends; a
-shared store keeps them as leases that expire, see :mod:`.redis_store`).
+shared store keeps them as leases that expire, see :mod:`.redis_store`). Its level
+is the free slots: when its capacity changes (an adaptive limit), so do they.
 
 The plugin talks only to :class:`BucketStore`. Its operations return their
 answer directly when the store is in this process (:class:`MemoryBucketStore`,
@@ -137,6 +138,8 @@ class MemoryBucketStore:
         if now > updated:
             level += (now - updated) * claim.rate
             bucket[1] = now
+        if claim.rate == 0 and claim.burst != bucket[3]:
+            level += claim.burst - bucket[3]  # a concurrency limit changed: so did the free slots
         bucket[0] = min(level, claim.burst)
         bucket[2] = claim.rate
         bucket[3] = claim.burst
