@@ -142,6 +142,13 @@ class Hooks:
             except Exception:
                 log.exception("plugin %r failed in %s", impl.plugin, name)
 
+    def _observe_sync(self, name: str, kwargs: dict[str, Any]) -> None:
+        for impl in self._impls[name]:
+            try:
+                impl.fn(*[kwargs[a] for a in impl.argnames])
+            except Exception:
+                log.exception("plugin %r failed in %s", impl.plugin, name)
+
     @staticmethod
     def _checked(name: str, result: Any, expected: type | tuple[type, ...]) -> Any:
         """A first-result hook must answer with its declared type: anything else is a bug
@@ -225,8 +232,8 @@ class Hooks:
         waits = await self._all("proxy_predicted_wait", {"ctx": ctx, "route": route})
         return max(waits) if waits else None
 
-    def unavailable(self, target: Target) -> str | None:
-        result = self._first_sync("proxy_unavailable", {"target": target})
+    def unavailable(self, ctx: RequestContext, target: Target) -> str | None:
+        result = self._first_sync("proxy_unavailable", {"ctx": ctx, "target": target})
         return self._checked("proxy_unavailable", result, str)
 
     async def next_attempt(self, ctx: RequestContext) -> Attempt | Stop | None:
@@ -241,13 +248,11 @@ class Hooks:
         result = self._first_sync("proxy_overloaded", {"ctx": ctx})
         return self._checked("proxy_overloaded", result, str)
 
+    def attempt_started(self, ctx: RequestContext, attempt: AttemptRecord) -> None:
+        self._observe_sync("proxy_attempt_started", {"ctx": ctx, "attempt": attempt})
+
     def attempt_result(self, ctx: RequestContext, attempt: AttemptRecord) -> None:
-        kwargs = {"ctx": ctx, "attempt": attempt}
-        for impl in self._impls["proxy_attempt_result"]:
-            try:
-                impl.fn(*[kwargs[a] for a in impl.argnames])
-            except Exception:
-                log.exception("plugin %r failed in proxy_attempt_result", impl.plugin)
+        self._observe_sync("proxy_attempt_result", {"ctx": ctx, "attempt": attempt})
 
     async def response(self, ctx: RequestContext, response: UpstreamResponse) -> None:
         await self._all("proxy_response", {"ctx": ctx, "response": response})

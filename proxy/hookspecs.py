@@ -246,15 +246,17 @@ def proxy_predicted_wait(ctx: RequestContext, route: Route) -> float | None:
 
 
 @spec(Mode.FIRST, may_be_async=False)
-def proxy_unavailable(target: Target) -> str | None:
-    """Whether some plugin knows ``target`` cannot be used now. Stops at the first non-``None``.
+def proxy_unavailable(ctx: RequestContext, target: Target) -> str | None:
+    """Whether some plugin knows ``target`` cannot take ``ctx`` now. Stops at the first non-``None``.
 
-    Return a short reason (``"circuit open"``) while ``target`` would be skipped by the
-    attempt policy, ``None`` otherwise. Asked by plugins that choose among targets
-    before any attempt — the rate limiter placing a request on one of a model's
-    deployments — so they pass over a deployment whose breaker is open. Read-only
-    and synchronous: answering must change nothing (a half-open breaker's probe slot
-    is not taken by a question) and should be a field read.
+    Return a short reason while ``target`` should be passed over — ``"circuit open"``
+    (the retry plugin's breakers), ``"full"`` or ``"throttled by its provider"`` (the
+    rate limiter, for a deployment with no room for this request, or told by a 429 to
+    wait) — ``None`` otherwise. Asked by plugins choosing among targets: the rate
+    limiter placing a request on one of a model's deployments, the retry plugin
+    choosing where to fail over or fall back. Read-only and synchronous: answering
+    must change nothing (a half-open breaker's probe slot is not taken by a question)
+    and should be a field read.
     """
 
 
@@ -303,6 +305,19 @@ def proxy_overloaded(ctx: RequestContext) -> str | None:
     adds no optional load: a slow attempt is not hedged (``proxy_hedge`` is not
     asked). Called only when optional load is considered, synchronously: keep it
     a field read.
+    """
+
+
+@spec(Mode.OBSERVE, may_be_async=False)
+def proxy_attempt_started(ctx: RequestContext, attempt: AttemptRecord) -> None:
+    """An upstream attempt is about to be sent. All implementations run; failures are logged.
+
+    Called once per attempt, synchronously, right after its record was appended to
+    ``ctx.attempts`` (``attempt.target`` and ``attempt.started`` set) and before the
+    request goes out — for every attempt: the first, retries, fallbacks, a hedge.
+    With ``proxy_attempt_result`` (its outcome) and ``proxy_finished`` (a hedge race's
+    loser, a client that left) a plugin can count what is in flight at each upstream
+    or deployment, attempt by attempt. Keep it cheap.
     """
 
 

@@ -545,8 +545,8 @@ async def test_hook_proxy_unavailable(floodgate, mock_upstream):
         name = "tripped"
 
         @hookimpl
-        def proxy_unavailable(self, target):
-            return "circuit open" if target.model == "gpt-4.1" else None
+        def proxy_unavailable(self, ctx, target):
+            return "circuit open" if target.model == "gpt-4.1" and ctx.principal.name == "anonymous" else None
 
     class Chooser:
         """Places each request on the first target no plugin calls unavailable."""
@@ -559,7 +559,7 @@ async def test_hook_proxy_unavailable(floodgate, mock_upstream):
 
         @hookimpl
         def proxy_admit(self, ctx):
-            usable = [t for t in ctx.route.targets if self.hooks.unavailable(t) is None]
+            usable = [t for t in ctx.route.targets if self.hooks.unavailable(ctx, t) is None]
             ctx.route = Route(ctx.route.name, tuple(usable))
 
     gw = await floodgate(plugins=[Tripped(), Chooser()], models={
@@ -567,7 +567,36 @@ async def test_hook_proxy_unavailable(floodgate, mock_upstream):
     raw = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4.1", messages=MESSAGES)
     assert raw.headers["x-floodgate-model"] == "deepseek-v3.2"
     assert mock_upstream.stats.by_model["gpt-4.1"] == 0
-    assert gw.app[proxy.HOOKS].unavailable(gw.app[proxy.CONFIG].target("deepseek-v3.2")) is None
+
+
+async def test_hook_proxy_attempt_started(floodgate, mock_upstream):
+    class Counting:
+        name = "counting"
+        events: list = []
+
+        @hookimpl
+        def proxy_attempt_started(self, ctx, attempt):
+            assert ctx.attempts[-1] is attempt and attempt.status is None and attempt.ended == 0.0
+            self.events.append(("started", attempt.target.model, len(ctx.attempts)))
+
+        @hookimpl
+        def proxy_attempt_result(self, ctx, attempt):
+            self.events.append(("result", attempt.target.model, attempt.error))
+
+    counting = Counting()
+    mock_upstream.set_behaviour("gpt-4.1", fail_first=1, error_status=503)
+    gw = await floodgate(plugins=[counting, TwiceThenFallback()])
+    await gw.openai().chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    # Every attempt, retries and fallbacks included, announced before it is sent.
+    assert counting.events == [("started", "gpt-4.1", 1), ("result", "gpt-4.1", "http"),
+                               ("started", "gpt-4.1", 2), ("result", "gpt-4.1", None)]
+    counting.events.clear()
+    hedged = await floodgate(plugins=[counting, HedgeOnce()])
+    mock_upstream.set_behaviour("gpt-4.1", first_token_delay_ms=3000)
+    stream = await hedged.openai().chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+    assert [c async for c in stream]
+    assert [e for e in counting.events if e[0] == "started"] == [("started", "gpt-4.1", 1),
+                                                                ("started", "gemini-2.5-flash", 2)]
 
 
 async def test_hook_proxy_attempt_result(floodgate, mock_upstream):
@@ -602,20 +631,21 @@ async def test_hook_proxy_attempt_result(floodgate, mock_upstream):
     assert [c async for c in stream] and learner.seen[-1] == (None, 200, True, "600", False)
 
 
-async def test_hook_proxy_next_attempt(floodgate, mock_upstream):
-    class TwiceThenFallback:
-        name = "twice"
+class TwiceThenFallback:
+    name = "twice"
 
-        @hookimpl
-        def proxy_next_attempt(self, ctx):
-            if ctx.attempts and ctx.attempts[-1].ok:
-                return STOP
-            if len(ctx.attempts) < 2:
-                return Attempt(ctx.route.targets[0], delay=0.01)
-            if len(ctx.attempts) < 3:
-                return Attempt(ctx.config.target("gemini-2.5-flash"))
+    @hookimpl
+    def proxy_next_attempt(self, ctx):
+        if ctx.attempts and ctx.attempts[-1].ok:
             return STOP
+        if len(ctx.attempts) < 2:
+            return Attempt(ctx.route.targets[0], delay=0.01)
+        if len(ctx.attempts) < 3:
+            return Attempt(ctx.config.target("gemini-2.5-flash"))
+        return STOP
 
+
+async def test_hook_proxy_next_attempt(floodgate, mock_upstream):
     mock_upstream.set_behaviour("gpt-4.1", fail_first=5, error_status=503)
     gw = await floodgate(plugins=[TwiceThenFallback()])
     raw = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4.1", messages=MESSAGES)

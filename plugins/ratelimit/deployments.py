@@ -43,7 +43,7 @@ class Deployment:
     """One deployment of a catalogue entry, now."""
 
     __slots__ = ("key", "model", "upstream", "weight", "configured", "rpm", "tpm", "adaptive", "in_flight",
-                 "latency", "sent", "throttled", "_specs")
+                 "latency", "sent", "throttled", "throttled_until", "_specs")
 
     def __init__(self, key: str, model: str, upstream: str, settings: proxy.DeploymentSettings,
                  policy: DeploymentPolicy) -> None:
@@ -56,10 +56,11 @@ class Deployment:
         self.tpm: float | None = settings.limits.tokens_per_minute
         ceiling = settings.limits.max_concurrent
         self.adaptive = Adaptive(policy.adaptive, ceiling) if settings.adaptive and ceiling else None
-        self.in_flight = 0  # this process's requests placed on it and not finished
+        self.in_flight = 0  # this process's attempts on it now (see .inflight)
         self.latency: float | None = None  # recent time to first token (seconds)
         self.sent: deque[tuple[float, float]] = deque(maxlen=_SENT)  # (perf_counter, tokens) of admissions
         self.throttled = 0
+        self.throttled_until = 0.0  # a 429's retry-after: passed over until then (plugin clock)
         self._specs: tuple[Spec, ...] | None = None
 
     @property
@@ -81,8 +82,8 @@ class Deployment:
     def changed(self) -> None:
         self._specs = None
 
-    def admitted(self, tokens: float, at: float) -> None:
-        self.in_flight += 1
+    def sent_at(self, at: float, tokens: float) -> None:
+        """A request was placed on it at ``at`` (``perf_counter``), reserving ``tokens``."""
         self.sent.append((at, tokens))
 
     def sent_since(self, started: float) -> tuple[int, float]:
@@ -206,7 +207,7 @@ class Deployments:
         return tuple(out)
 
     def order(self, candidates: Sequence[proxy.Target],
-              unavailable: Callable[[proxy.Target], str | None]) -> list[proxy.Target]:
+              unavailable: Callable[[proxy.Target], bool]) -> list[proxy.Target]:
         """The candidates a request may be placed on, by preference (the strategy's order): those no
         plugin calls unavailable (an open breaker) — all of them if every one is."""
         found = [(t, self.of(t)) for t in candidates]
@@ -234,6 +235,8 @@ class Deployments:
             deployment.observe_latency(ttft)
         if status == 429:
             self.throttled(deployment)
+            if attempt.retry_after:
+                deployment.throttled_until = max(deployment.throttled_until, now + attempt.retry_after)
         before = (deployment.rpm, deployment.tpm, deployment.concurrency)
         caps: list[tuple[Claim, float]] = []
         if follow_headers and (attempt.upstream_headers or attempt.retry_after):
@@ -252,12 +255,12 @@ class Deployments:
         """Attempts that went to another deployment of the model (a failover, a hedge) are charged
         there after the fact: a request and the tokens they used (their slots were not held)."""
         charges: list[tuple[Claim, float]] = []
-        seen: set[proxy.Target] = set()
+        seen: set[str] = set()
         for attempt in ctx.attempts:
             target = attempt.target
-            if target.deployment is None or target == placed or target in seen or attempt.status is None:
+            if target.deployment is None or target == placed or target.qualified in seen or attempt.status is None:
                 continue
-            seen.add(target)
+            seen.add(target.qualified)
             for spec in self.specs(target):
                 if spec.kind is REQUESTS:
                     charges.append((spec.unit, -1.0))

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter
 import proxy
 
 from .deployments import Deployment, Deployments, used_on
+from .inflight import FULL, InFlight
 from .placement import choose, peek_claims, soonest
 from .plan import CONCURRENCY, TOKENS, Plan, Planner, Spec
 from .queue import AdmissionQueue
@@ -69,7 +70,8 @@ class RateLimitPlugin:
         self.queue = AdmissionQueue(self.clock, self.store, admit=self._admitted_from_queue,
                                     reject=self._rejection, give_back=self._give_back)
         self.deployments: Deployments | None = None
-        self._unavailable: Any = lambda target: None
+        self.inflight: InFlight | None = None
+        self._unavailable: Any = lambda ctx, target: None
 
     # -- configuration ------------------------------------------------------
     @proxy.hookimpl
@@ -91,6 +93,7 @@ class RateLimitPlugin:
         self._planner = Planner(settings, next(iter(config.upstreams), None), self._rejections.too_large,
                                 config.catalogue_name, deployments.specs, bool(deployments.by_key))
         self.queue.refresh = deployments.refresh
+        self.inflight = InFlight(deployments, self._settle, self.clock)
         self._m_admitted = Counter("floodgate_ratelimit_admitted", "Requests admitted by the rate limiter",
                                    registry=registry)
         self.queue.configure(settings.queue, settings.shared.recheck_ms, registry)
@@ -142,7 +145,9 @@ class RateLimitPlugin:
     def _place(self, ctx: proxy.RequestContext, candidates: Sequence[proxy.Target]) -> Awaitable[None] | None:
         """Admit on the preferred deployment with headroom, else queue on the soonest (:mod:`.placement`)."""
         assert self.deployments is not None
-        ordered = self.deployments.order(candidates, self._unavailable)
+        # Passed over: what other plugins rule out (an open breaker) and deployments throttled by their
+        # provider; whether one is full, the store's levels say below.
+        ordered = self.deployments.order(candidates, lambda target: self._unavailable(ctx, target) not in (None, FULL))
         # A deployment nothing limits has an empty plan: it always has room.
         plans = [self._planner.plan(ctx, target) or Plan((), (), 0, target) for target in ordered]
         if not plans[0].claims:
@@ -236,10 +241,11 @@ class RateLimitPlugin:
         """Remember the admission; a request placed on a deployment goes there first."""
         deployment = self.deployments.of(plan.target) if self.deployments and plan.target else None
         ctx.state[_STATE] = Admission(plan, store, lease, self.clock.monotonic(), deployment)
-        if deployment is None:
+        if deployment is None or plan.target is None:
             return
-        deployment.admitted(plan.reserved, time.perf_counter())
-        self.deployments.publish(deployment)  # type: ignore[union-attr]
+        deployment.sent_at(time.perf_counter(), plan.reserved)
+        taken = any(s.kind is CONCURRENCY and s.scope == "deployment" for s in plan.specs)
+        self.inflight.placed(ctx, plan.target, deployment, store, lease, taken)  # type: ignore[union-attr]
         route, target = ctx.route, plan.target
         if route is not None and target is not None and route.targets[0] is not target:
             ctx.route = proxy.Route(route.name, (target, *(t for t in route.targets if t is not target)))
@@ -271,8 +277,9 @@ class RateLimitPlugin:
         holds = False
         for spec, claim in zip(plan.specs, plan.claims):
             if spec.kind is CONCURRENCY:
-                returns.append((claim, 1.0))
                 holds = True
+                if spec.scope != "deployment":  # a deployment's slot follows the attempts (.inflight)
+                    returns.append((claim, 1.0))
             elif spec.kind is TOKENS:
                 spent = used_on(ctx, placed) if spec.scope == "deployment" else used
                 if claim.amount != spent:
@@ -283,12 +290,12 @@ class RateLimitPlugin:
             self.queue.forecast.held(plan.claims, now - admission.since)
         if placed is not None:
             returns += self.deployments.failover_charges(ctx, placed)  # type: ignore[union-attr]
-            admission.deployment.in_flight -= 1  # type: ignore[union-attr]
-            self.deployments.publish(admission.deployment)  # type: ignore[union-attr, arg-type]
         if returns:
             self._settle(admission.store, returns, admission.lease)
+        if self.inflight is not None:
+            self.inflight.finish(ctx)
 
-    def _settle(self, store: BucketStore, returns: list[Return], lease: str) -> None:
+    def _settle(self, store: BucketStore, returns: list[Return], lease: str) -> None:  # also .inflight's release
         """Give back to ``store``, then wake the queue (a remote store: once it has answered)."""
         settled = store.settle(returns, lease, self.clock.monotonic())
         if settled is None:
@@ -310,15 +317,32 @@ class RateLimitPlugin:
     # -- what upstreams say ---------------------------------------------------------
     @proxy.hookimpl
     def proxy_attempt_result(self, ctx: proxy.RequestContext, attempt: proxy.AttemptRecord) -> None:
-        """A deployment answered: follow its provider's limits, adapt its concurrency."""
+        """A deployment answered: follow its provider's limits, adapt its concurrency; note a failed
+        attempt (its slot goes back if the request moves on)."""
         if self.deployments is None:
             return
         caps, more_room = self.deployments.observe(attempt, self.clock.monotonic(),
                                                    follow_headers=self.settings.deployments.follow_headers)
         if caps:
             self._lower(caps)
+        if attempt.error is not None and self.inflight is not None:
+            self.inflight.failed(ctx, attempt.target)
         if more_room:
             self.queue.wake()  # waiters may go
+
+    @proxy.hookimpl
+    def proxy_unavailable(self, ctx: proxy.RequestContext, target: proxy.Target) -> str | None:
+        """A deployment with no room for ``ctx`` (full, unless the request holds a slot there) or
+        told by its provider's 429 to wait."""
+        if self.inflight is None or target.deployment is None:
+            return None
+        return self.inflight.no_room(ctx, target, self.clock.monotonic())
+
+    @proxy.hookimpl
+    def proxy_attempt_started(self, ctx: proxy.RequestContext, attempt: proxy.AttemptRecord) -> None:
+        """An attempt on a deployment the request holds no slot on (a failover, a retry, a hedge) takes one."""
+        if self.inflight is not None and attempt.target.deployment is not None:
+            self.inflight.started(ctx, self.store, attempt)
 
     def _lower(self, caps: list[Return]) -> None:
         lowered = self.store.lower(caps, self.clock.monotonic())

@@ -171,8 +171,14 @@ class RedisBucketStore:
     def settle(self, returns: Sequence[Return], lease: str, now: float) -> asyncio.Future[None] | None:
         if not returns:
             return None
-        self._live.pop(lease, None)  # no longer renewed, even if this call fails: it lapses by itself
         keys, claims = self._encode([claim for claim, _ in returns], [amount for _, amount in returns])
+        live = self._live.get(lease)
+        if live is not None:  # the slots given back are no longer renewed, even if this call fails (they lapse)
+            kept = [key for key in live if key not in keys]
+            if kept:
+                self._live[lease] = kept
+            else:
+                del self._live[lease]
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._gives.add(_Give(keys, claims, lease, future))
         return future

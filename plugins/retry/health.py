@@ -132,7 +132,9 @@ class Health:
             return None if record.status is None else False  # no status: cancelled early
         if error == "http":
             status = record.status or 0
-            return status >= 500 or (status == 429 and self.settings.trip_on_429)
+            # A deployment's 429s are the rate limiter's to follow (retry-after, learned limits, adaptive
+            # concurrency): they say it is full, not broken.
+            return status >= 500 or (status == 429 and self.settings.trip_on_429 and record.target.deployment is None)
         if error == "timeout" and st.capped is not None and index in st.capped:
             return None  # cut short by the deadline, not by the target's own timeout
         return True if error in _HEALTH_ERRORS else None

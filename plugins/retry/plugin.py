@@ -58,6 +58,7 @@ class RetryPlugin:
         self.settings = RetrySettings()
         self.rng = random.Random()
         self.health: Health | None = None
+        self.hooks: proxy.Hooks | None = None
 
     # -- configuration ------------------------------------------------------
     @proxy.hookimpl
@@ -98,6 +99,7 @@ class RetryPlugin:
     @proxy.hookimpl
     def proxy_startup(self, app: web.Application) -> None:
         """``hedge.routes`` are checked once every plugin has declared its route names."""
+        self.hooks = app[proxy.HOOKS]
         config = self.config
         known = set(config.models) | set(config.route_names)
         errors = [config.error(("plugins", self.name, "hedge", "routes", i),
@@ -176,7 +178,7 @@ class RetryPlugin:
         tried = {a.target.qualified for a in ctx.attempts}
         targets = ctx.route.targets  # type: ignore[union-attr]
         for i, target in enumerate(targets):
-            if target.model != failed.model or target.qualified in tried:
+            if target.model != failed.model or target.qualified in tried or self._passed_over(ctx, target):
                 continue
             if self.health is not None and not self.health.take(st, target, len(ctx.attempts)):
                 continue
@@ -214,7 +216,7 @@ class RetryPlugin:
         targets = ctx.route.targets  # type: ignore[union-attr]
         for i in range(start, len(targets)):
             target = targets[i]
-            if target.upstream == avoid_upstream:
+            if target.upstream == avoid_upstream or (ctx.attempts and self._passed_over(ctx, target)):
                 continue
             if self.health is not None and not self.health.take(st, target, len(ctx.attempts)):
                 continue
@@ -272,6 +274,8 @@ class RetryPlugin:
         health = self.health
         if self.settings.hedge.to == "next":
             for i in range(st.index + 1, len(targets)):
+                if self._passed_over(ctx, targets[i]):
+                    continue
                 if health is None or health.take(st, targets[i], index):
                     chosen = (i, targets[i])
                     break
@@ -292,10 +296,16 @@ class RetryPlugin:
 
     # -- health -------------------------------------------------------------
     @proxy.hookimpl
-    def proxy_unavailable(self, target: proxy.Target) -> str | None:
+    def proxy_unavailable(self, ctx: proxy.RequestContext, target: proxy.Target) -> str | None:
         """A place whose breaker is open (or half-open with its probe out): the rate limiter
         then places requests on the model's other deployments."""
         return self.health.unavailable(target) if self.health is not None else None
+
+    def _passed_over(self, ctx: proxy.RequestContext, target: proxy.Target) -> bool:
+        """Another plugin says ``target`` has no room for the request now (a full or throttled
+        deployment): failing over there would only add load where it is refused."""
+        return target.deployment is not None and self.hooks is not None and self.hooks.unavailable(ctx, target) \
+            is not None
 
     @proxy.hookimpl
     def proxy_status(self) -> dict[str, Any] | None:

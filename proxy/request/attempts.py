@@ -29,7 +29,14 @@ from aiohttp import ClientResponse, web
 from ..config import AttemptTimeouts, Config
 from ..errors import Rejection
 from ..hooks import Hooks
-from ..hookspecs import proxy_attempt_result, proxy_hedge, proxy_overloaded, proxy_response, proxy_stream_chunk
+from ..hookspecs import (
+    proxy_attempt_result,
+    proxy_attempt_started,
+    proxy_hedge,
+    proxy_overloaded,
+    proxy_response,
+    proxy_stream_chunk,
+)
 from ..types import Attempt, AttemptRecord, RequestContext, Target, Usage
 from ..upstream import UpstreamError, Upstreams, forwardable_headers
 from .respond import complete, read_answer, set_route_headers
@@ -91,6 +98,7 @@ class AttemptRunner:
         self._hedge_hook = hooks.implemented(proxy_hedge)
         self._overload_hook = hooks.implemented(proxy_overloaded)
         self._result_hook = hooks.implemented(proxy_attempt_result)
+        self._started_hook = hooks.implemented(proxy_attempt_started)
 
     def upstream_body(self, ctx: RequestContext, target: Target) -> tuple[bytes, bool]:
         """The bytes to send for ``target``; untouched unless something must change.
@@ -147,10 +155,11 @@ class AttemptRunner:
         raise Rejection(503, "no upstream is available for this model right now", code="no_upstream_available",
                         type="server_error")
 
-    @staticmethod
-    def _start(ctx: RequestContext, attempt: Attempt) -> AttemptRecord:
+    def _start(self, ctx: RequestContext, attempt: Attempt) -> AttemptRecord:
         record = AttemptRecord(attempt.target, started=time.perf_counter())
         ctx.attempts.append(record)
+        if self._started_hook:
+            self.hooks.attempt_started(ctx, record)
         return record
 
     async def _prepare(self, ctx: RequestContext, record: AttemptRecord, attempt: Attempt,

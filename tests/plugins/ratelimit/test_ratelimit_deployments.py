@@ -150,7 +150,7 @@ async def test_a_deployment_with_an_open_breaker_gets_nothing() -> None:
         await h.next_attempt(ctx)
         await h.finished(ctx)
     assert retry.breakers[f"{MODEL}@key-a"].state == 2 and retry.breakers[f"{MODEL}@key-b"].state == 0
-    assert h.hooks.unavailable(a) == "circuit open"
+    assert h.hooks.unavailable(chat(h), a) == "circuit open"
     held = []
     for _ in range(10):
         ctx = chat(h)
@@ -362,3 +362,42 @@ async def test_a_failing_deployment_costs_clients_nothing(floodgate, mock_upstre
         assert f'floodgate_retry_breaker_state{{model="{MODEL}@key-a"}} 2.0' in text
         assert f'floodgate_retry_breaker_state{{model="{MODEL}@key-b"}} 0.0' in text
 
+
+
+async def test_a_deployments_slot_follows_the_attempts() -> None:
+    """A failover takes a slot on the other deployment as it starts, and gives the failed one's back."""
+    clock = proxy.ManualClock()
+    plugin = RateLimitPlugin(clock=clock)
+    h = await harness(two_keys("http://upstream.invalid/v1", {"max_concurrent": 1}, {"max_concurrent": 1},
+                               plugins=IN_ORDER), plugin, clock=clock)
+    a, b = (plugin.deployments.by_key[f"{MODEL}@{k}"] for k in ("key-a", "key-b"))
+    first = chat(h)
+    h.admit_now(first)
+    assert first.route.targets[0].deployment == "key-a" and (a.in_flight, b.in_flight) == (1, 0)
+
+    def attempt(ctx: proxy.RequestContext, target: proxy.Target, **outcome: Any) -> None:
+        record = proxy.AttemptRecord(target, started=time.perf_counter(), **outcome)
+        ctx.attempts.append(record)
+        plugin.proxy_attempt_started(ctx, record)
+        if outcome:
+            plugin.proxy_attempt_result(ctx, record)
+
+    attempt(first, first.route.targets[0], status=503, error="http")  # key-a failed: kept for a retry...
+    assert (a.in_flight, b.in_flight) == (1, 0)
+    attempt(first, first.route.targets[1])  # ... until the failover to key-b takes key-b's slot instead
+    assert (a.in_flight, b.in_flight) == (0, 1)
+    second = chat(h)
+    h.admit_now(second)  # key-a has room again
+    assert second.route.targets[0].deployment == "key-a"
+    third = h.spawn(h.admit(chat(h)))  # both full: it waits (in key-a's line: the first in order)
+    await h.settle()
+    assert not third.done()
+    await h.finished(first)  # key-b's slot goes back with the request
+    assert (a.in_flight, b.in_flight) == (1, 0)
+    fourth = chat(h)
+    h.admit_now(fourth)
+    assert fourth.route.targets[0].deployment == "key-b"
+    await h.finished(second)
+    await h.settle()
+    assert third.done() and (a.in_flight, b.in_flight) == (1, 1)
+    await h.stop()
