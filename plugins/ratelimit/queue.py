@@ -138,7 +138,8 @@ class AdmissionQueue:
             route = waiter.ctx.route
             name = route.name if route is not None else "-"
             count, wait = out.get(name, (0, 0.0))
-            out[name] = (count + 1, max(wait, waiter.due - now))
+            due = waiter.due - now
+            out[name] = (count + 1, max(wait, due) if due < math.inf else wait)
         return out
 
     def enqueue(self, ctx: proxy.RequestContext, plan: Plan, blocker: Spec, now: float, *, wait: float,
@@ -303,7 +304,8 @@ class AdmissionQueue:
                 continue
             spec = waiter.plan.specs[grant.blocking]
             waiter.blocker = spec
-            waiter.due = now + grant.wait
+            if grant.wait < math.inf:  # a slot's return is unknown: keep the forecast it queued with
+                waiter.due = now + grant.wait
             blocked[spec.key] = spec
             soonest = min(soonest, self._retry_in(grant.wait))
             if spec.scope == "global":

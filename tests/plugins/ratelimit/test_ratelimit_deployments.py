@@ -401,3 +401,27 @@ async def test_a_deployments_slot_follows_the_attempts() -> None:
     await h.settle()
     assert third.done() and (a.in_flight, b.in_flight) == (1, 1)
     await h.stop()
+
+
+async def test_failover_goes_only_where_there_is_room_and_429s_do_not_trip_breakers() -> None:
+    clock = proxy.ManualClock()
+    limiter, retry = RateLimitPlugin(clock=clock), RetryPlugin(clock=clock)
+    h = await harness(two_keys("http://upstream.invalid/v1", {"max_concurrent": 1}, {"max_concurrent": 1},
+                               plugins={**IN_ORDER, "retry": {"max_retries": 1, "breaker": {
+                                   "failures": 1, "failure_ratio": None}}}), limiter, retry, clock=clock)
+    busy, ctx = chat(h), chat(h)
+    h.admit_now(busy)
+    h.admit_now(ctx)
+    assert [c.route.targets[0].deployment for c in (busy, ctx)] == ["key-a", "key-b"]
+    first = await h.next_attempt(ctx)
+    record = proxy.AttemptRecord(first.target, started=time.perf_counter(), status=429, error="http",
+                                 retry_after=1.0)
+    ctx.attempts.append(record)
+    limiter.proxy_attempt_result(ctx, record)
+    assert h.hooks.unavailable(ctx, first.target) == "throttled by its provider"
+    assert h.hooks.unavailable(ctx, busy.route.targets[0]) == "full"  # key-a: busy holds its one slot
+    again = await h.next_attempt(ctx)
+    # key-a has no room for a failover: key-b again, after its retry-after, keeping its slot meanwhile.
+    assert (again.target.deployment, again.delay) == ("key-b", 1.0)
+    assert retry.breakers[f"{MODEL}@key-b"].state == 0  # a 429 says full, not broken
+    await h.stop()
