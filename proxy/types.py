@@ -91,9 +91,7 @@ class Target:
     :param upstream_model: the model id sent to the upstream.
     :param overrides: request fields to set on the forwarded body (``max_tokens``
         caps, a prepended system prompt is expressed by the router as ``messages``).
-    :param deployment: which of the model's deployments (catalogue ``deployments``) this is;
-        ``None`` for a model served by one ``upstream``. A route lists a model's deployments
-        one after the other, each a target of its own.
+    :param deployment: which of the model's catalogue ``deployments`` (``None``: its one ``upstream``).
     """
 
     model: str
@@ -108,8 +106,7 @@ class Target:
 
     @property
     def qualified(self) -> str:
-        """``model@deployment``, or the model for a model without deployments: what health,
-        limits and metrics of one concrete place are keyed by."""
+        """``model@deployment`` (or the model): what state and metrics of one place are keyed by."""
         return self.model if self.deployment is None else f"{self.model}@{self.deployment}"
 
 
@@ -180,10 +177,7 @@ class AttemptRecord:
     :param hedged: it ran concurrently with another attempt of the same request
         (a hedged pair: both are marked); ``hedge``: it was the extra one.
     :param discarded: events held before commitment and thrown away when it failed.
-    :param upstream_headers: the upstream's response headers as received (its answer's, or its
-        error's), ``None`` when no response came. Rate-limit headers (``x-ratelimit-*``,
-        ``retry-after``) are here for plugins that learn the provider's limits; the core never
-        relays them to the client.
+    :param upstream_headers: the upstream's response headers, ``x-ratelimit-*`` included (never relayed).
     """
 
     target: Target
@@ -277,12 +271,9 @@ class RequestContext:
     :param kind: what the request is for (model call, model list, passthrough, admin).
     :param preview: ``True`` on the copy :meth:`proxy.hooks.Hooks.preview_route` routes
         speculatively: record nothing (no metrics, no state for later stages).
-    :param degraded: the names of the degradation steps (an overload policy's) that changed how
-        this request is served, in the order they applied; the core sends them in
-        ``x-floodgate-degraded``. Empty: served as asked.
-    :param relax: set by an overload policy before ``proxy_short_circuit``: the name of a step
-        under which short-circuit plugins may answer with looser matches than usual. A plugin
-        that answers only thanks to it appends the name to :attr:`degraded`.
+    :param degraded: the overload steps that served it, in order (sent in ``x-floodgate-degraded``).
+    :param relax: a step's name, set before ``proxy_short_circuit``: short-circuit plugins may
+        answer looser matches, and append it to :attr:`degraded` when they do.
     """
 
     request_id: str

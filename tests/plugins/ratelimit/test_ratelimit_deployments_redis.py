@@ -60,3 +60,33 @@ async def test_a_429_seen_by_one_worker_empties_the_key_for_both(fleet: Fleet) -
         assert other.route.targets[0].deployment == "key-b"
     for h, _ in pair:
         await h.stop()
+
+
+async def test_a_failover_gives_back_the_deployments_lease_and_keeps_the_others(fleet: Fleet) -> None:  # noqa: F811
+    store = fleet.store()
+    plugin = RateLimitPlugin(store)
+    h = PluginHarness(plugin, config=two_keys("http://upstream.invalid/v1", {"max_concurrent": 2},
+                                              {"max_concurrent": 2}, plugins={"ratelimit": {
+                                                  "per_key": {"max_concurrent": 5},
+                                                  "deployments": {"strategy": "least_outstanding"}}}))
+    await h.start()
+    ctx = chat(h)
+    await h.admit(ctx)
+    a, b = ctx.route.targets[:2]
+    key_a = fleet.prefix + f"deployment:{MODEL}@key-a:concurrency"
+    per_key = fleet.prefix + "key:anonymous:concurrency"
+    assert await fleet.redis.zcard(key_a) == 1 and await fleet.redis.zcard(per_key) == 1
+    failed = answered(h, ctx, plugin, status=503, error="http")
+    assert failed.target == a
+    record = proxy.AttemptRecord(b, started=0.0)
+    ctx.attempts.append(record)
+    plugin.proxy_attempt_started(ctx, record)  # the request moved on to key-b: key-a's slot goes back
+    for task in list(plugin._background):
+        await task
+    assert await fleet.redis.zcard(key_a) == 0 and await fleet.redis.zcard(per_key) == 1
+    assert store.live_leases == 1 and store._live[next(iter(store._live))] == [per_key]  # still renewed
+    await h.finished(ctx)
+    for task in list(plugin._background):
+        await task
+    assert await fleet.redis.zcard(per_key) == 0 and store.live_leases == 0
+    await h.stop()
