@@ -5,6 +5,7 @@
     python bench/run.py --quick         # 1 short round of each (~2 min)
     python bench/run.py --memory        # also the 200,000-request memory check
     python bench/run.py --only throughput,latency --rounds 5 --json /tmp/bench.json
+    python bench/run.py --only overload # the festival overload: 0.5x -> 3x -> 0.5x, ladder off/on (~4 min)
 
 Every server is its own process on a free loopback port: the built-in mock upstream
 (``floodgate mock-upstream``), the bare forwarder (``bench/forwarder.py``, the floor),
