@@ -37,7 +37,7 @@ import yaml
 #: The plugins of the full chain, in the order the issue names them.
 CHAIN = ("auth", "faq", "router", "ratelimit", "retry", "cost")
 #: What the no-plugin config disables: every built-in plus the core's access log.
-DISABLED = (*CHAIN, "accesslog")
+DISABLED = (*CHAIN, "degrade", "traffic", "accesslog")
 #: The model every benchmark request asks for (an alias of the router's selector in the full chain).
 LOAD_MODEL = "gpt-4o-mini"
 #: Models the mock must serve: the catalogue, plus LOAD_MODEL for the bare forwarder.

@@ -5,6 +5,7 @@
     python bench/run.py --quick         # 1 short round of each (~2 min)
     python bench/run.py --memory        # also the 200,000-request memory check
     python bench/run.py --only throughput,latency --rounds 5 --json /tmp/bench.json
+    python bench/run.py --only overload # the festival overload: 0.5x -> 3x -> 0.5x, ladder off/on (~4 min)
 
 Every server is its own process on a free loopback port: the built-in mock upstream
 (``floodgate mock-upstream``), the bare forwarder (``bench/forwarder.py``, the floor),
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import configs, flaky  # noqa: E402
+from bench import configs, flaky, overload  # noqa: E402
 from bench.procs import (  # noqa: E402
     Processes,
     cpu_snapshot,
@@ -63,7 +64,7 @@ from bench.report import (  # noqa: E402
 )
 
 CHAT_PATH = "/v1/chat/completions"
-PHASES = ("throughput", "latency", "stream", "festival", "flaky", "memory")
+PHASES = ("throughput", "latency", "stream", "festival", "flaky", "overload", "memory")
 DEFAULT_PHASES = ("throughput", "latency", "stream", "festival", "flaky")
 # The mock of the throughput, latency and memory phases: zero latency, short answers.
 FAST_MOCK = ("--tps", "0", "--completion-tokens", "16")
@@ -379,6 +380,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--flaky-slow-ms", type=float, default=3000.0, help="how late they are (3000 ms)")
     p.add_argument("--flaky-break-share", type=float, default=0.01,
                    help="share of streams dying after the role chunk (0.01)")
+    p.add_argument("--overload-seconds", type=float,
+                   help="festival overload: seconds of the ramp per target (default 90; --quick 30)")
+    p.add_argument("--overload-plot", metavar="PNG", help="festival overload: where to write the plot "
+                   "(default: festival-overload.png in the work directory, kept)")
     p.add_argument("--memory", action="store_true", help="also run the (slow) memory check")
     p.add_argument("--memory-requests", type=int, help="requests for the memory check (default 200000)")
     p.add_argument("--only", help=f"comma-separated phases: {', '.join(PHASES)}")
@@ -392,7 +397,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     q = args.quick
     defaults = {"rounds": 1 if q else 3, "duration": 3.0 if q else 10.0, "latency_requests": 300 if q else 2000,
                 "streams": 10 if q else 30, "festival_duration": 10.0 if q else 60.0,
-                "flaky_duration": 10.0 if q else 30.0,
+                "flaky_duration": 10.0 if q else 30.0, "overload_seconds": 30.0 if q else 90.0,
                 "memory_requests": 20_000 if q else 200_000}
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -408,7 +413,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
               "streams": (1, 1000), "festival_rate": (1, 5000), "festival_duration": (1, 600),
               "festival_tokens": (1, 2000), "festival_tps": (0, 100_000), "stream_tps": (0, 100_000),
               "memory_requests": (100, 2_000_000), "flaky_rate": (1, 1000), "flaky_duration": (1, 600),
-              "flaky_slow_share": (0, 1), "flaky_break_share": (0, 1), "flaky_slow_ms": (0, 60_000)}
+              "flaky_slow_share": (0, 1), "flaky_break_share": (0, 1), "flaky_slow_ms": (0, 60_000),
+              "overload_seconds": (10, 600)}
     for key, (low, high) in bounds.items():
         if not low <= getattr(args, key) <= high:
             p.error(f"--{key.replace('_', '-')} must be within {low}..{high}")
@@ -444,6 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.phase_festival()
         if "flaky" in phases:
             flaky.run(bench)
+        if "overload" in phases:
+            overload.run(bench)
         if "memory" in phases:
             bench.phase_memory()
     except KeyboardInterrupt:
@@ -461,12 +469,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = Report(bench.results, rounds=args.rounds, pinned=bench.pin).render()
         if "flaky" in bench.results:
             text += "\n\n" + flaky.render(bench.results["flaky"])
+        if "overload" in bench.results:
+            text += "\n\n" + overload.render(bench.results["overload"])
         print(text)
         bench.results["report"] = text
     if args.json:
         Path(args.json).write_text(json.dumps(bench.results, indent=2, default=str))
         progress(f"raw numbers in {args.json}")
-    if args.keep or status:
+    if args.keep or status or ("overload" in bench.results and not args.overload_plot):
         progress(f"logs and configs kept in {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)

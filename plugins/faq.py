@@ -24,6 +24,12 @@ The plugin never answers when the reply could break the client: the last
 message is not the user's (e.g. a tool result), ``n`` > 1, ``logprobs`` was
 asked for, ``response_format`` is not text, or ``tool_choice`` forces a tool call.
 
+Under overload, a route's ``faq`` step (the degrade plugin) sets ``ctx.relax``: a
+request no rule answers strictly is then answered by the first rule matching it
+*loosely* — ``max_length`` and ``exclude`` ignored, the keywords and ``regex`` still
+required — and the step's name is added to ``ctx.degraded`` (so the response says
+``x-floodgate-degraded``). A strict match is never counted as degraded.
+
 Matching is precomputed: all keywords of all rules form one trie-shaped regular
 expression, so a message that mentions no keyword costs one regex scan in C, not
 one check per rule (about 2-6 µs per request with 200 rules on short messages).
@@ -97,17 +103,19 @@ class Rule:
         # Built once: a hit allocates nothing.
         self.reply = proxy.Reply(content=settings.answer, source=f"faq/{settings.name}", model=settings.model)
 
-    def matches(self, text: str, folded: str, present: frozenset[str] | set[str]) -> bool:
-        """Whether the rule answers ``text`` (``folded``: normalised) given the keywords present."""
-        if self.max_length is not None and len(text) > self.max_length:
+    def matches(self, text: str, folded: str, present: frozenset[str] | set[str], loose: bool = False) -> bool:
+        """Whether the rule answers ``text`` (``folded``: normalised) given the keywords present;
+        ``loose``: ignoring ``max_length`` and ``exclude``."""
+        if not loose and self.max_length is not None and len(text) > self.max_length:
             return False
         if self.any and self.any.isdisjoint(present):
             return False
         if self.all and not self.all <= present:
             return False
-        for word in self.exclude:
-            if word in folded:
-                return False
+        if not loose:
+            for word in self.exclude:
+                if word in folded:
+                    return False
         return self.regex is None or self.regex.search(text) is not None
 
 
@@ -182,9 +190,9 @@ class Matcher:
             m = scan(folded, m.start() + 1)
         return found
 
-    def match(self, text: str) -> Rule | None:
-        """The first rule (in config order) that answers ``text``."""
-        if self.longest is not None and len(text) > self.longest:
+    def match(self, text: str, loose: bool = False) -> Rule | None:
+        """The first rule (in config order) that answers ``text`` (``loose``: see :meth:`Rule.matches`)."""
+        if not loose and self.longest is not None and len(text) > self.longest:
             return None
         folded = text.lower() if self.fold else text
         present = self.present(folded)
@@ -199,7 +207,7 @@ class Matcher:
         rules = self.rules
         for i in candidates:
             rule = rules[i]
-            if rule.matches(text, folded, present):
+            if rule.matches(text, folded, present, loose):
                 return rule
         return None
 
@@ -276,9 +284,15 @@ class FaqPlugin:
         matcher = self.matcher
         if matcher is None:
             return None
-        rule = matcher.match(ctx.last_user_text())
+        text, relax = ctx.last_user_text(), ctx.relax
+        rule = matcher.match(text)
+        loose = rule is None and relax is not None
+        if loose:
+            rule = matcher.match(text, loose=True)
         if rule is None or _unsafe_to_answer(ctx.body):  # checked on hits only: misses stay cheap
             return None
+        if loose and relax is not None:
+            ctx.degraded.append(relax)  # answered only thanks to the overload step
         ctx.state[STATE_RULE] = rule.name
         return rule.reply
 

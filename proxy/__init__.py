@@ -9,7 +9,7 @@ from .admin import authenticate, require_admin
 from .app import create_app
 from .cli import add_config_option
 from .clock import Clock, LoopClock, ManualClock
-from .config import Config, Price, load_config, parse_config
+from .config import Config, DeploymentLimits, DeploymentSettings, Price, load_config, parse_config
 from .errors import ConfigError, ConfigErrors, Rejection, shorten
 from .hooks import Hooks
 from .hookspecs import hookimpl
@@ -42,12 +42,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ANONYMOUS", "Attempt", "AttemptRecord", "Budget", "CONFIG", "Clock", "Config", "ConfigError",
-    "ConfigErrors", "EndpointKind", "HOOKS", "Hooks", "KeyPolicy", "LabelCache", "LoopClock", "ManualClock",
-    "NonEmptyStr", "NonNegativeFloat", "NonNegativeInt", "PositiveFloat", "PositiveInt", "Price", "Principal",
-    "REGISTRY", "RateLimits", "Rejection", "Reply", "RequestContext", "Route", "STATE", "STATE_ERRORS", "STOP",
-    "Settings", "SharedState", "Stop",
+    "ConfigErrors", "DeploymentLimits", "DeploymentSettings", "EndpointKind", "HOOKS", "Hooks", "KeyPolicy",
+    "LabelCache", "LoopClock", "ManualClock", "NonEmptyStr", "NonNegativeFloat", "NonNegativeInt",
+    "PositiveFloat", "PositiveInt", "Price", "Principal", "REGISTRY", "RateLimits", "Rejection", "Reply",
+    "RequestContext", "Route", "STATE", "STATE_ERRORS", "STOP", "Settings", "SharedState", "Stop",
     "StreamChunk", "Target", "Timings", "UNRESTRICTED", "UPSTREAMS", "UpstreamResponse", "Usage",
     "add_config_option", "authenticate", "content_text", "conversation", "create_app", "estimate_prompt_tokens",
-    "estimate_text_tokens", "hookimpl", "hookspecs", "last_user_text", "load_config", "output_limit",
-    "parse_config", "request_token_bounds", "require_admin", "shorten",
+    "estimate_text_tokens", "hookimpl", "hookspecs", "last_user_text", "load_config", "output_limit", "parse_config",
+    "request_token_bounds", "require_admin", "shorten",
 ]

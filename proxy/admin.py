@@ -2,12 +2,15 @@
 
 ``/healthz`` (liveness), ``/readyz`` (config loaded, upstream sessions open, not
 shutting down, shared state usable), ``/metrics`` (Prometheus; the whole host's with
-worker processes), ``/-/plugins`` (what is loaded). Every
+worker processes), ``/-/plugins`` (what is loaded), ``/-/status`` (admin: the live
+status every plugin contributes to). Every
 ``/-/`` endpoint runs the normal request path (see ``Gateway.admin_middleware``):
 authenticated first, logged and counted after.
 """
 
 from __future__ import annotations
+
+import time
 
 import orjson
 from aiohttp import web
@@ -27,6 +30,7 @@ def add_admin_routes(app: web.Application) -> None:
     router.add_get("/readyz", _readyz)
     router.add_get("/metrics", _metrics)
     router.add_get("/-/plugins", _plugins)
+    router.add_get("/-/status", _status)
 
 
 async def authenticate(request: web.Request) -> Principal:
@@ -87,3 +91,17 @@ async def _plugins(request: web.Request) -> web.Response:
         for i in infos
     ]
     return web.Response(body=orjson.dumps({"plugins": data}), content_type="application/json")
+
+
+async def _status(request: web.Request) -> web.Response:
+    """The gateway's live status (admin): every plugin's part (``proxy_status``), merged, and the
+    core's own figures under ``gateway``."""
+    await require_admin(request)
+    app = request.app
+    document = await app[HOOKS].status()
+    gateway = document.setdefault("gateway", {})
+    if isinstance(gateway, dict):
+        gateway["time"] = time.time()
+        gateway["ready"] = bool(app[READY]["ready"])
+        gateway["in_flight"] = app[REGISTRY].get_sample_value("floodgate_in_flight_requests") or 0.0
+    return web.Response(body=orjson.dumps(document), content_type="application/json")

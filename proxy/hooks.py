@@ -23,7 +23,18 @@ import pluggy
 from . import hookspecs
 from .errors import ConfigError, ConfigErrors, Rejection
 from .hookspecs import MODES
-from .types import Attempt, AttemptRecord, Principal, Reply, RequestContext, Route, Stop, StreamChunk, UpstreamResponse
+from .types import (
+    Attempt,
+    AttemptRecord,
+    Principal,
+    Reply,
+    RequestContext,
+    Route,
+    Stop,
+    StreamChunk,
+    Target,
+    UpstreamResponse,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -132,6 +143,13 @@ class Hooks:
             except Exception:
                 log.exception("plugin %r failed in %s", impl.plugin, name)
 
+    def _observe_sync(self, name: str, kwargs: dict[str, Any]) -> None:
+        for impl in self._impls[name]:
+            try:
+                impl.fn(*[kwargs[a] for a in impl.argnames])
+            except Exception:
+                log.exception("plugin %r failed in %s", impl.plugin, name)
+
     @staticmethod
     def _checked(name: str, result: Any, expected: type | tuple[type, ...]) -> Any:
         """A first-result hook must answer with its declared type: anything else is a bug
@@ -200,13 +218,16 @@ class Hooks:
         result = await self._first("proxy_route", {"ctx": ctx})
         return self._checked("proxy_route", result, Route)
 
-    async def preview_route(self, ctx: RequestContext) -> Route | None:
-        """The route ``ctx`` would get, asked on a copy marked ``preview`` (nothing is recorded).
+    async def preview_route(self, ctx: RequestContext, model: str | None = None) -> Route | None:
+        """The route ``ctx`` would get — asking for ``model`` instead of its own, if given — asked
+        on a copy marked ``preview`` (nothing is recorded).
 
-        For plugins that must know what routing would have decided without routing,
-        e.g. the FAQ prices the model an answer saved. A rejection means no route.
+        For plugins that must know what routing would decide without routing: the FAQ
+        prices the model an answer saved; the degrade plugin finds the route a request
+        would have taken, or the cheaper route it may move it to. A rejection means no route.
         """
-        probe = dataclasses.replace(ctx, state={}, response_headers={}, attempts=[], preview=True)
+        probe = dataclasses.replace(ctx, state={}, response_headers={}, attempts=[], degraded=[], preview=True,
+                                    model=ctx.model if model is None else model)
         try:
             return await self.route(probe)
         except Rejection:
@@ -214,6 +235,15 @@ class Hooks:
 
     async def admit(self, ctx: RequestContext) -> None:
         await self._all("proxy_admit", {"ctx": ctx})
+
+    async def predicted_wait(self, ctx: RequestContext, route: Route) -> float | None:
+        """The longest wait any plugin predicts for ``ctx`` on ``route``; ``None``: nobody limits it."""
+        waits = await self._all("proxy_predicted_wait", {"ctx": ctx, "route": route})
+        return max(waits) if waits else None
+
+    def unavailable(self, ctx: RequestContext, target: Target) -> str | None:
+        result = self._first_sync("proxy_unavailable", {"ctx": ctx, "target": target})
+        return self._checked("proxy_unavailable", result, str)
 
     async def next_attempt(self, ctx: RequestContext) -> Attempt | Stop | None:
         result = await self._first("proxy_next_attempt", {"ctx": ctx})
@@ -227,14 +257,39 @@ class Hooks:
         result = self._first_sync("proxy_overloaded", {"ctx": ctx})
         return self._checked("proxy_overloaded", result, str)
 
+    def attempt_started(self, ctx: RequestContext, attempt: AttemptRecord) -> None:
+        self._observe_sync("proxy_attempt_started", {"ctx": ctx, "attempt": attempt})
+
+    def attempt_result(self, ctx: RequestContext, attempt: AttemptRecord) -> None:
+        self._observe_sync("proxy_attempt_result", {"ctx": ctx, "attempt": attempt})
+
     async def response(self, ctx: RequestContext, response: UpstreamResponse) -> None:
         await self._all("proxy_response", {"ctx": ctx, "response": response})
 
     def stream_chunk(self, ctx: RequestContext, chunk: StreamChunk) -> None:
         self._all_sync("proxy_stream_chunk", {"ctx": ctx, "chunk": chunk})
 
+    async def status(self) -> dict[str, Any]:
+        """Every plugin's part of the live status, merged key by key."""
+        merged: dict[str, Any] = {}
+        for part in await self._all("proxy_status", {}):
+            if not isinstance(part, dict):
+                raise TypeError(f"proxy_status returned {type(part).__name__}, not dict")
+            _merge(merged, part)
+        return merged
+
     async def finished(self, ctx: RequestContext) -> None:
         await self._observe("proxy_finished", {"ctx": ctx})
+
+
+def _merge(into: dict[str, Any], part: dict[str, Any]) -> None:
+    """Merge ``part`` into ``into``: mappings recursively, any other value replaces."""
+    for key, value in part.items():
+        existing = into.get(key)
+        if isinstance(existing, dict) and isinstance(value, dict):
+            _merge(existing, value)
+        else:
+            into[key] = value
 
 
 def _facade_covers_every_hook() -> None:

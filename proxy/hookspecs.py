@@ -48,6 +48,7 @@ if TYPE_CHECKING:
         Route,
         Stop,
         StreamChunk,
+        Target,
         UpstreamResponse,
     )
 
@@ -234,6 +235,40 @@ def proxy_admit(ctx: RequestContext) -> None:
     an async implementation may wait a bounded time (a queue). Runs once per
     request, after routing, before the first attempt. Every admitted request
     reaches ``proxy_finished``, where reservations are settled.
+
+    An implementation may replace ``ctx.route`` with another route for the same
+    request: put a model's deployments in the order it placed the request on them
+    (the rate limiter, after taking a deployment's capacity), or move the request to
+    another route under overload (the degrade plugin, ``tryfirst``, before the
+    limits are taken). Implementations after it see the new route.
+    """
+
+
+@spec(Mode.ALL, may_be_async=True)
+def proxy_predicted_wait(ctx: RequestContext, route: Route) -> float | None:
+    """How long a request like ``ctx`` would wait for capacity on ``route`` now. All implementations run.
+
+    Return seconds (``0``: it would be admitted at once), or ``None`` when this plugin
+    holds nothing back on that route; the caller takes the largest answer. A forecast,
+    never an admission: take nothing, change nothing. It describes the route's
+    capacity (its models, deployments and upstreams, and the gateway's global limits),
+    not the caller's own quota. Asked by overload policies before admission (the
+    degrade plugin's ladder), and by status reports. May be async (a shared store).
+    """
+
+
+@spec(Mode.FIRST, may_be_async=False)
+def proxy_unavailable(ctx: RequestContext, target: Target) -> str | None:
+    """Whether some plugin knows ``target`` cannot take ``ctx`` now. Stops at the first non-``None``.
+
+    Return a short reason while ``target`` should be passed over — ``"circuit open"``
+    (the retry plugin's breakers), ``"full"`` or ``"throttled by its provider"`` (the
+    rate limiter, for a deployment with no room for this request, or told by a 429 to
+    wait) — ``None`` otherwise. Asked by plugins choosing among targets: the rate
+    limiter placing a request on one of a model's deployments, the retry plugin
+    choosing where to fail over or fall back. Read-only and synchronous: answering
+    must change nothing (a half-open breaker's probe slot is not taken by a question)
+    and should be a field read.
     """
 
 
@@ -285,6 +320,35 @@ def proxy_overloaded(ctx: RequestContext) -> str | None:
     """
 
 
+@spec(Mode.OBSERVE, may_be_async=False)
+def proxy_attempt_started(ctx: RequestContext, attempt: AttemptRecord) -> None:
+    """An upstream attempt is about to be sent. All implementations run; failures are logged.
+
+    Called once per attempt, synchronously, right after its record was appended to
+    ``ctx.attempts`` (``attempt.target`` and ``attempt.started`` set) and before the
+    request goes out — for every attempt: the first, retries, fallbacks, a hedge.
+    With ``proxy_attempt_result`` (its outcome) and ``proxy_finished`` (a hedge race's
+    loser, a client that left) a plugin can count what is in flight at each upstream
+    or deployment, attempt by attempt. Keep it cheap.
+    """
+
+
+@spec(Mode.OBSERVE, may_be_async=False)
+def proxy_attempt_result(ctx: RequestContext, attempt: AttemptRecord) -> None:
+    """An upstream attempt's outcome is known. All implementations run; failures are logged.
+
+    Called once per attempt, synchronously, as soon as it failed (``attempt.error``
+    set, before ``proxy_next_attempt`` is asked again) or its first meaningful answer
+    came (``attempt.first_event`` set: a stream's first event carrying content, a tool
+    call, a refusal or a finish; a whole non-streaming answer), before that answer is
+    sent. ``attempt.status`` and ``attempt.upstream_headers`` — the provider's
+    ``x-ratelimit-*`` and ``retry-after`` among them — are filled in when a response
+    came. Not called for an attempt cancelled before either (a hedge race's loser, a
+    client that left). For plugins that learn from upstreams as they answer: the
+    limits a provider states, its latency, its errors. Keep it cheap.
+    """
+
+
 @spec(Mode.ALL, may_be_async=True)
 def proxy_response(ctx: RequestContext, response: UpstreamResponse) -> None:
     """A non-streaming upstream success, before it is sent. All implementations run.
@@ -302,6 +366,18 @@ def proxy_stream_chunk(ctx: RequestContext, chunk: StreamChunk) -> None:
     Only dispatched if some plugin implements it (otherwise events are relayed
     without being parsed). Set ``chunk.drop = True`` to withhold it. Keep it
     cheap and synchronous: it runs for every token.
+    """
+
+
+@spec(Mode.ALL, may_be_async=True)
+def proxy_status() -> dict[str, Any] | None:
+    """A part of the gateway's live status (``GET /-/status``, ``floodgate status``). All implementations run.
+
+    Return a JSON-able mapping, or ``None``. The core merges every plugin's part key
+    by key (mappings merged recursively), so several plugins fill in fields of the same
+    row: ``{"routes": {"<route>": {...}}, "deployments": {"<model@deployment>": {...}}}``
+    plus any section of the plugin's own (fields: README, "floodgate status"). Called
+    once per status request, never per model request. May be async.
     """
 
 

@@ -35,6 +35,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.ratelimit",
     "plugins.retry",
     "plugins.cost",
+    "plugins.degrade",
+    "plugins.traffic",
 )
 ENTRY_POINT_GROUP = "floodgate"
 #: Plugins that cannot be disabled: without them the core has no defaults.

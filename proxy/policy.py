@@ -55,6 +55,9 @@ class KeyPolicy(Settings):
     :param rate_limit: per-key limits overriding the rate limiter's defaults.
     :param budget: per-key spending caps.
     :param force_tier: may pick a router tier with the ``x-floodgate-tier`` header.
+    :param degrade: may be served degraded under overload (a canned answer, a cheaper route,
+        a shorter answer, shed). ``False``: priority traffic gets the route's own models or an
+        error, never a silent downgrade.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -65,6 +68,7 @@ class KeyPolicy(Settings):
     rate_limit: RateLimits | None = None
     budget: Budget | None = None
     force_tier: bool = False
+    degrade: bool = True
 
     @cached_property
     def _model_predicate(self) -> Callable[[str], bool]:

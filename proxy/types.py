@@ -91,15 +91,23 @@ class Target:
     :param upstream_model: the model id sent to the upstream.
     :param overrides: request fields to set on the forwarded body (``max_tokens``
         caps, a prepended system prompt is expressed by the router as ``messages``).
+    :param deployment: which of the model's catalogue ``deployments`` (``None``: its one ``upstream``).
     """
 
     model: str
     upstream: str
     upstream_model: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    deployment: str | None = None
 
     def with_overrides(self, **overrides: Any) -> Target:
-        return Target(self.model, self.upstream, self.upstream_model, {**self.overrides, **overrides})
+        return Target(self.model, self.upstream, self.upstream_model, {**self.overrides, **overrides},
+                      self.deployment)
+
+    @property
+    def qualified(self) -> str:
+        """``model@deployment`` (or the model): what state and metrics of one place are keyed by."""
+        return self.model if self.deployment is None else f"{self.model}@{self.deployment}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +177,7 @@ class AttemptRecord:
     :param hedged: it ran concurrently with another attempt of the same request
         (a hedged pair: both are marked); ``hedge``: it was the extra one.
     :param discarded: events held before commitment and thrown away when it failed.
+    :param upstream_headers: the upstream's response headers, ``x-ratelimit-*`` included (never relayed).
     """
 
     target: Target
@@ -185,6 +194,7 @@ class AttemptRecord:
     hedged: bool = False
     hedge: bool = False
     discarded: int = 0
+    upstream_headers: Mapping[str, str] | None = None
 
     @property
     def ok(self) -> bool:
@@ -261,6 +271,9 @@ class RequestContext:
     :param kind: what the request is for (model call, model list, passthrough, admin).
     :param preview: ``True`` on the copy :meth:`proxy.hooks.Hooks.preview_route` routes
         speculatively: record nothing (no metrics, no state for later stages).
+    :param degraded: the overload steps that served it, in order (sent in ``x-floodgate-degraded``).
+    :param relax: a step's name, set before ``proxy_short_circuit``: short-circuit plugins may
+        answer looser matches, and append it to :attr:`degraded` when they do.
     """
 
     request_id: str
@@ -287,6 +300,8 @@ class RequestContext:
     state: dict[str, Any] = field(default_factory=dict)
     kind: EndpointKind = EndpointKind.MODEL
     preview: bool = False
+    degraded: list[str] = field(default_factory=list)
+    relax: str | None = None
     request_bytes: int = 0  # body bytes received from the client
     response_bytes: int = 0  # body bytes sent to the client (passthrough: as relayed)
     _user_text: str | None = field(default=None, repr=False)

@@ -503,20 +503,151 @@ async def test_hook_proxy_admit(floodgate, mock_upstream):
     assert mock_upstream.stats.total == before
 
 
-async def test_hook_proxy_next_attempt(floodgate, mock_upstream):
-    class TwiceThenFallback:
+async def test_hook_proxy_predicted_wait(floodgate, mock_upstream):
+    class Busy:
+        name = "busy"
+
+        @hookimpl
+        def proxy_predicted_wait(self, ctx, route):
+            return 0.5 if route.name == "gpt-4.1" else None
+
+    class Calm:
+        name = "calm"
+
+        @hookimpl
+        async def proxy_predicted_wait(self, ctx, route):
+            return 0.1
+
+    class Asker:
+        name = "asker"
+        answers: list = []
+
+        @hookimpl
+        def proxy_startup(self, app):
+            self.hooks = app[proxy.HOOKS]
+
+        @hookimpl
+        async def proxy_admit(self, ctx):
+            for model in ("gpt-4.1", "deepseek-v3.2"):
+                route = await self.hooks.preview_route(ctx, model)
+                self.answers.append((route.name, await self.hooks.predicted_wait(ctx, route)))
+
+    asker = Asker()
+    gw = await floodgate(plugins=[Busy(), Calm(), asker])
+    await gw.openai().chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    assert asker.answers == [("gpt-4.1", 0.5), ("deepseek-v3.2", 0.1)]  # the largest answer wins
+    asker.answers.clear()
+    gw = await floodgate(plugins=[asker])
+    await gw.openai().chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    assert asker.answers == [("gpt-4.1", None), ("deepseek-v3.2", None)]  # nobody limits anything
+
+
+async def test_hook_proxy_unavailable(floodgate, mock_upstream):
+    class Tripped:
+        name = "tripped"
+
+        @hookimpl
+        def proxy_unavailable(self, ctx, target):
+            return "circuit open" if target.model == "gpt-4.1" and ctx.principal.name == "anonymous" else None
+
+    class Chooser:
+        """Places each request on the first target no plugin calls unavailable."""
+
+        name = "chooser"
+
+        @hookimpl
+        def proxy_startup(self, app):
+            self.hooks = app[proxy.HOOKS]
+
+        @hookimpl
+        def proxy_admit(self, ctx):
+            usable = [t for t in ctx.route.targets if self.hooks.unavailable(ctx, t) is None]
+            ctx.route = Route(ctx.route.name, tuple(usable))
+
+    gw = await floodgate(plugins=[Tripped(), Chooser()], models={
+        "gpt-4.1": {"fallbacks": ["deepseek-v3.2"]}, "deepseek-v3.2": {}})
+    raw = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4.1", messages=MESSAGES)
+    assert raw.headers["x-floodgate-model"] == "deepseek-v3.2"
+    assert mock_upstream.stats.by_model["gpt-4.1"] == 0
+
+
+async def test_hook_proxy_attempt_started(floodgate, mock_upstream):
+    class Counting:
+        name = "counting"
+        events: list = []
+
+        @hookimpl
+        def proxy_attempt_started(self, ctx, attempt):
+            assert ctx.attempts[-1] is attempt and attempt.status is None and attempt.ended == 0.0
+            self.events.append(("started", attempt.target.model, len(ctx.attempts)))
+
+        @hookimpl
+        def proxy_attempt_result(self, ctx, attempt):
+            self.events.append(("result", attempt.target.model, attempt.error))
+
+    counting = Counting()
+    mock_upstream.set_behaviour("gpt-4.1", fail_first=1, error_status=503)
+    gw = await floodgate(plugins=[counting, TwiceThenFallback()])
+    await gw.openai().chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    # Every attempt, retries and fallbacks included, announced before it is sent.
+    assert counting.events == [("started", "gpt-4.1", 1), ("result", "gpt-4.1", "http"),
+                               ("started", "gpt-4.1", 2), ("result", "gpt-4.1", None)]
+    counting.events.clear()
+    hedged = await floodgate(plugins=[counting, HedgeOnce()])
+    mock_upstream.set_behaviour("gpt-4.1", first_token_delay_ms=3000)
+    stream = await hedged.openai().chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+    assert [c async for c in stream]
+    assert [e for e in counting.events if e[0] == "started"] == [("started", "gpt-4.1", 1),
+                                                                ("started", "gemini-2.5-flash", 2)]
+
+
+async def test_hook_proxy_attempt_result(floodgate, mock_upstream):
+    class Learner:
+        name = "learner"
+        seen: list = []
+
+        @hookimpl
+        def proxy_attempt_result(self, ctx, attempt):
+            headers = attempt.upstream_headers or {}
+            self.seen.append((attempt.error, attempt.status, attempt.first_event is not None,
+                              headers.get("x-ratelimit-limit-requests"), attempt.committed))
+
+    class Twice:
         name = "twice"
 
         @hookimpl
         def proxy_next_attempt(self, ctx):
-            if ctx.attempts and ctx.attempts[-1].ok:
-                return STOP
-            if len(ctx.attempts) < 2:
-                return Attempt(ctx.route.targets[0], delay=0.01)
-            if len(ctx.attempts) < 3:
-                return Attempt(ctx.config.target("gemini-2.5-flash"))
-            return STOP
+            return STOP if ctx.attempts and (ctx.attempts[-1].ok or len(ctx.attempts) > 1) \
+                else Attempt(ctx.route.targets[0])
 
+    learner = Learner()
+    mock_upstream.set_quota("*", requests_per_minute=600)
+    mock_upstream.set_behaviour("gpt-4.1", fail_first=1, error_status=503)
+    gw = await floodgate(plugins=[learner, Twice()])
+    raw = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4.1", messages=MESSAGES)
+    # Called as each outcome became known: the failure (before the retry), then the answer
+    # (before it was sent: not committed yet); the provider's headers reach plugins, not the client.
+    assert learner.seen == [("http", 503, False, "600", False), (None, 200, True, "600", False)]
+    assert "x-ratelimit-limit-requests" not in raw.headers
+    stream = await gw.openai().chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+    assert [c async for c in stream] and learner.seen[-1] == (None, 200, True, "600", False)
+
+
+class TwiceThenFallback:
+    name = "twice"
+
+    @hookimpl
+    def proxy_next_attempt(self, ctx):
+        if ctx.attempts and ctx.attempts[-1].ok:
+            return STOP
+        if len(ctx.attempts) < 2:
+            return Attempt(ctx.route.targets[0], delay=0.01)
+        if len(ctx.attempts) < 3:
+            return Attempt(ctx.config.target("gemini-2.5-flash"))
+        return STOP
+
+
+async def test_hook_proxy_next_attempt(floodgate, mock_upstream):
     mock_upstream.set_behaviour("gpt-4.1", fail_first=5, error_status=503)
     gw = await floodgate(plugins=[TwiceThenFallback()])
     raw = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4.1", messages=MESSAGES)
@@ -641,6 +772,33 @@ async def test_hook_proxy_finished(floodgate, mock_upstream):
     assert statuses == [200, 401, 504]
     assert recorder.finished[0].usage.completion_tokens == 16 and not recorder.finished[0].usage_estimated
     assert recorder.finished[2].attempts[0].error == "timeout"
+
+
+async def test_hook_proxy_status(floodgate, mock_upstream):
+    class Rows:
+        name = "rows"
+
+        @hookimpl
+        def proxy_status(self):
+            return {"routes": {"simple": {"queue": 3}}, "mine": [1, 2]}
+
+    class MoreRows:
+        name = "more_rows"
+
+        @hookimpl
+        async def proxy_status(self):
+            return {"routes": {"simple": {"degraded": "faq"}, "complex": {"queue": 0}}}
+
+    gw = await floodgate(plugins=[Rows(), MoreRows()])
+    response = await gw.client.get("/-/status")
+    doc = await response.json()
+    assert response.status == 200
+    assert doc["routes"] == {"simple": {"queue": 3, "degraded": "faq"}, "complex": {"queue": 0}}
+    assert doc["mine"] == [1, 2] and doc["gateway"]["ready"] is True and doc["gateway"]["in_flight"] >= 0
+    # Admin only, once keys exist.
+    gw = await floodgate(plugins=[Rows(), KeyAuth()])
+    assert (await gw.client.get("/-/status", headers={"Authorization": "Bearer good"})).status == 403
+    assert (await gw.client.get("/-/status", headers={"Authorization": "Bearer admin"})).status == 200
 
 
 async def test_finished_runs_once_on_client_disconnect(floodgate, mock_upstream):

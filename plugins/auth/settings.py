@@ -53,13 +53,15 @@ class KeySettings(proxy.Settings):
     rate_limit: proxy.RateLimits | None = None
     budget: proxy.Budget | None = None
     force_tier: bool = False
+    degrade: bool = True  # false: never served degraded under overload (the route's models, or an error)
 
     def policy(self) -> proxy.KeyPolicy:
         """This key's :class:`proxy.KeyPolicy`, the value every other plugin reads."""
         return proxy.KeyPolicy(
             models=tuple(self.models) if self.models is not None else None,
             endpoints=tuple(self.endpoints) if self.endpoints is not None else None,
-            priority=self.priority, rate_limit=self.rate_limit, budget=self.budget, force_tier=self.force_tier)
+            priority=self.priority, rate_limit=self.rate_limit, budget=self.budget, force_tier=self.force_tier,
+            degrade=self.degrade)
 
     @field_validator("name", mode="before")
     @classmethod

@@ -249,7 +249,9 @@ class CostPlugin:
             len(ctx.attempts), usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
             usage.cached_tokens if usage else 0, ctx.usage_estimated, cost or 0.0, ctx.status,
             ctx.timings.total * 1000.0, ctx.endpoint, reply.source if reply else None, ctx.kind.value,
-            ctx.method, ctx.request_bytes, ctx.response_bytes, cost is None)
+            ctx.method, ctx.request_bytes, ctx.response_bytes, cost is None,
+            deployment=target.deployment if target is not None and not passthrough else None,
+            degraded=", ".join(ctx.degraded) if ctx.degraded else None)
 
     @staticmethod
     def _hedge_losers(ctx: proxy.RequestContext) -> list[proxy.AttemptRecord]:
@@ -266,7 +268,7 @@ class CostPlugin:
             attempt.target.model, ctx.route.name if ctx.route else None, 1, usage.prompt_tokens,
             usage.completion_tokens, usage.cached_tokens, attempt.usage_estimated, cost or 0.0, 0,
             attempt.duration * 1000.0, ctx.endpoint, None, ctx.kind.value, ctx.method, 0, 0, cost is None,
-            hedged=True)
+            hedged=True, deployment=attempt.target.deployment)
 
     def _limits(self, policy: proxy.KeyPolicy) -> Limits:
         """A key's caps: its own values, else the plugin's default."""

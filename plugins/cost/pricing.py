@@ -18,8 +18,12 @@ class Prices:
         self._config = config
         self.default_max_tokens = default_max_tokens
 
-    def price(self, model: str) -> proxy.Price | None:
-        return self._config.price(model)  # exact entries and names catalogue patterns serve
+    def price(self, model: str, deployment: str | None = None) -> proxy.Price | None:
+        return self._config.price(model, deployment)  # exact entries and names catalogue patterns serve
+
+    def target_price(self, target: proxy.Target) -> proxy.Price | None:
+        """The price on ``target``'s deployment (its own when it has one, else its model's)."""
+        return self._config.price(target.model, target.deployment)
 
     def cost(self, ctx: proxy.RequestContext) -> float | None:
         """The request's cost in USD; ``None`` when an upstream was used and the cost is unknown
@@ -35,12 +39,12 @@ class Prices:
             return price.cost(ctx.usage) if price is not None and ctx.usage is not None else None
         if ctx.reply is not None or target is None or ctx.usage is None:
             return 0.0
-        price = self.price(target.model)
+        price = self.target_price(target)
         return price.cost(ctx.usage) if price is not None else None
 
     def attempt_cost(self, attempt: proxy.AttemptRecord) -> float | None:
         """What one attempt's own usage cost (a hedged attempt that lost the race)."""
-        price = self.price(attempt.target.model)
+        price = self.target_price(attempt.target)
         return price.cost(attempt.usage) if price is not None and attempt.usage is not None else None
 
     def maximum(self, ctx: proxy.RequestContext) -> float | None:
@@ -53,7 +57,7 @@ class Prices:
         prompt = ctx.estimated_prompt_tokens()
         highest: float | None = None
         for target in route.targets:
-            price = self.price(target.model)
+            price = self.target_price(target)
             if price is None:
                 continue
             tokens, output = proxy.request_token_bounds(ctx.body, ctx.endpoint, target.overrides,

@@ -31,6 +31,8 @@ GROUPS: dict[str, str] = {
     "route": "COALESCE(route, '-')",
     "day": "substr(ts, 1, 10)",
     "kind": "COALESCE(kind, 'model')",
+    "deployment": "COALESCE(model || '@' || deployment, model, '-')",
+    "degraded": "COALESCE(degraded, '-')",
 }
 
 #: The instants a ``since`` may name: from the Unix epoch to the end of year 9999 (UTC).

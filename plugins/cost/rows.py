@@ -25,6 +25,9 @@ class Row(NamedTuple):
     cannot know: ``cost_usd`` is 0 there and means "unknown". A hedged request
     (two attempts raced) has one more row per attempt that lost the race,
     ``hedged`` marked: its usage as reported or estimated, its cost, status 0.
+    ``deployment`` is the deployment of ``model`` that served (``None``: a model without
+    deployments); ``degraded`` the overload steps that changed how the request was
+    served (comma-separated, ``None``: served as asked).
     """
 
     row_id: str
@@ -50,6 +53,8 @@ class Row(NamedTuple):
     response_bytes: int
     unpriced: bool
     hedged: bool = False
+    deployment: str | None = None
+    degraded: str | None = None
 
 
 #: The table's columns in insert order: ``ts`` (text of ``epoch``) follows ``request_id``.
@@ -64,7 +69,7 @@ UPSERT = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[1:])
 def values(row: Row) -> tuple[Any, ...]:
     """The row as the insert's parameters (booleans as 0/1 for both backends)."""
     return (row.row_id, row.request_id, iso_utc(row.epoch), *row[2:11], int(row.estimated), *row[12:21],
-            int(row.unpriced), int(row.hedged))
+            int(row.unpriced), int(row.hedged), row.deployment, row.degraded)
 
 
 def encode(row: Row) -> bytes:

@@ -2,8 +2,12 @@
 
 Limits apply per *scope*: ``global`` (all traffic), ``key`` (per principal:
 ``per_key`` defaults, overridden by the key's ``policy.rate_limit``),
-``model`` (the catalogue model of the route's first target) and ``upstream``
-(the upstream of that target; for passthrough requests, the default upstream).
+``model`` (the catalogue model of the route's first target), ``upstream``
+(the upstream of that target; for passthrough requests, the default upstream) and
+``deployment`` (the catalogue's ``deployments[].limits`` of a model on several
+provider keys: a request is *placed* on one deployment with headroom, which the
+provider's ``x-ratelimit-*`` headers and 429s keep honest and, for ``adaptive``
+ones, whose concurrency is found by AIMD).
 Each scope may limit three things:
 
 * requests: ``requests_per_second`` with a ``burst`` (bucket capacity);
@@ -36,6 +40,11 @@ Parts:
   and :mod:`.redis_scripts`, its Lua scripts;
 * :mod:`.forecast` — predicted waits (what is queued ahead, how long slots are held);
 * :mod:`.queue` — the fair priority admission queue and its scans;
+* :mod:`.deployments` — each deployment's buckets, limits in force, latency and strategy order;
+* :mod:`.placement` — which deployment a request goes to, from one look at the buckets;
+* :mod:`.inflight` — a deployment's slots following the attempts (failovers, retries);
+* :mod:`.learn` — the provider's ``x-ratelimit-*`` / ``retry-after`` headers;
+* :mod:`.adaptive` — AIMD on a deployment's concurrency;
 * :mod:`.responses` — the ``x-ratelimit-*`` headers and the 429s;
 * :mod:`.plugin` — :class:`RateLimitPlugin`: admission, settlement, store switching.
 """

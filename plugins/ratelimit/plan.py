@@ -1,7 +1,8 @@
 """Which buckets a request needs and how much it takes from each: its :class:`Plan`.
 
-Model calls need the ``global`` buckets, their key's, and those of the route's
-first target (its catalogue model and its upstream). Passthrough requests
+Model calls need the ``global`` buckets, their key's, and those of the target the
+request is placed on — the route's first, or the deployment of its first model the
+plugin chose (its catalogue model, its upstream and its deployment). Passthrough requests
 (``files``, ``batches``, ...) have no route: they need the ``global`` buckets,
 their key's and the default upstream's (the first of ``upstreams``, where
 passthrough goes), requests and concurrency only; their token usage is unknown,
@@ -30,7 +31,7 @@ _KEY_CACHE_SIZE = 10_000
 class Spec:
     """One bucket a request may need: its scope, kind, key and parameters."""
 
-    scope: str  # global | key | model | upstream
+    scope: str  # global | key | model | upstream | deployment
     kind: str  # requests | tokens | concurrency
     key: str
     rate: float
@@ -70,6 +71,7 @@ class Plan:
     specs: tuple[Spec, ...]
     claims: tuple[Claim, ...]
     reserved: int  # tokens reserved (0 if no token limit applies)
+    target: proxy.Target | None = None  # where it is placed (a deployment, when the model has several)
 
 
 class Planner:
@@ -81,7 +83,9 @@ class Planner:
 
     def __init__(self, settings: RateLimitSettings, default_upstream: str | None,
                  too_large: Callable[[Spec, int], proxy.Rejection],
-                 catalogue_name: Callable[[str], str | None] = lambda model: model) -> None:
+                 catalogue_name: Callable[[str], str | None] = lambda model: model,
+                 deployment_specs: Callable[[proxy.Target], tuple[Spec, ...]] | None = None,
+                 deployments_limited: bool = False) -> None:
         self.settings = settings
         # Per-model limits are keyed by catalogue entry: a pattern's limit is shared by every
         # name it serves (and a client-chosen name never makes a bucket of its own).
@@ -94,20 +98,28 @@ class Planner:
         self._passthrough = _untimed(self._global + self._upstreams.get(default_upstream or "", ()))
         self._per_key = settings.per_key.model_dump(exclude_none=True) if settings.per_key else {}
         self._key_cache: dict[str, tuple[Any, tuple[Spec, ...]]] = {}
+        self._deployment_specs = deployment_specs
         #: Anything configured (else requests pass with one lookup; a key may still carry overrides).
-        self.configured = bool(self._global or self._models or self._upstreams or self._per_key)
+        self.configured = bool(self._global or self._models or self._upstreams or self._per_key
+                               or deployments_limited)
 
-    def plan(self, ctx: proxy.RequestContext) -> Plan | None:
-        """The request's plan, ``None`` when no limit applies to it."""
+    def plan(self, ctx: proxy.RequestContext, target: proxy.Target | None = None, *,
+             own_key: bool = True) -> Plan | None:
+        """The request's plan on ``target`` (default: its route's first), ``None`` when no limit
+        applies to it. ``own_key=False``: without the caller's own limits (a route's capacity)."""
+        key_specs = self._key_specs(ctx.principal) if own_key else ()
         if ctx.kind is proxy.EndpointKind.PASSTHROUGH:
-            specs = self._passthrough + _untimed(self._key_specs(ctx.principal))
+            specs = self._passthrough + _untimed(key_specs)
             return Plan(specs, tuple(s.unit for s in specs), 0) if specs else None
-        specs = self._global + self._key_specs(ctx.principal)
-        target = ctx.route.targets[0] if ctx.route is not None and ctx.route.targets else None
+        specs = self._global + key_specs
+        if target is None and ctx.route is not None and ctx.route.targets:
+            target = ctx.route.targets[0]
         if target is not None:
             if self._models:
                 specs += self._models.get(self._catalogue_name(target.model) or "", ())
             specs += self._upstreams.get(target.upstream, ())
+            if self._deployment_specs is not None and target.deployment is not None:
+                specs += self._deployment_specs(target)
         if not specs:
             return None
         reserved = 0
@@ -121,7 +133,7 @@ class Planner:
                 claims.append(Claim(spec.key, spec.rate, spec.burst, float(reserved)))
             else:
                 claims.append(spec.unit)
-        return Plan(specs, tuple(claims), reserved)
+        return Plan(specs, tuple(claims), reserved, target)
 
     def _reservation(self, ctx: proxy.RequestContext, target: proxy.Target | None) -> int:
         """Estimated prompt tokens plus the most output the request may produce."""

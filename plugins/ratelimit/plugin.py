@@ -5,18 +5,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, NamedTuple
+import random
+import time
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 import proxy
 
+from .deployments import Deployment, Deployments, used_on
+from .inflight import FULL, InFlight
+from .placement import choose, peek_claims, soonest
 from .plan import CONCURRENCY, TOKENS, Plan, Planner, Spec
 from .queue import AdmissionQueue
 from .responses import Rejections, set_headers
 from .settings import RateLimitSettings
-from .store import BucketStore, Grant, MemoryBucketStore, Return
+from .store import BucketStore, Claim, Grant, MemoryBucketStore, Return
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -40,6 +46,7 @@ class Admission(NamedTuple):
     store: BucketStore
     lease: str
     since: float
+    deployment: Deployment | None  # where it was placed, when its model has deployments
 
 
 class RateLimitPlugin:
@@ -62,6 +69,9 @@ class RateLimitPlugin:
         self._background: set[asyncio.Future[None]] = set()
         self.queue = AdmissionQueue(self.clock, self.store, admit=self._admitted_from_queue,
                                     reject=self._rejection, give_back=self._give_back)
+        self.deployments: Deployments | None = None
+        self.inflight: InFlight | None = None
+        self._unavailable: Any = lambda ctx, target: None
 
     # -- configuration ------------------------------------------------------
     @proxy.hookimpl
@@ -79,8 +89,11 @@ class RateLimitPlugin:
         self.settings = settings
         self._queueing = settings.mode == "queue"
         self._rejections = Rejections(settings.queue, registry)
+        self.deployments = deployments = Deployments(config, settings.deployments, registry, random.Random())
         self._planner = Planner(settings, next(iter(config.upstreams), None), self._rejections.too_large,
-                                config.catalogue_name)
+                                config.catalogue_name, deployments.specs, bool(deployments.by_key))
+        self.queue.refresh = deployments.refresh
+        self.inflight = InFlight(deployments, self._settle, self.clock)
         self._m_admitted = Counter("floodgate_ratelimit_admitted", "Requests admitted by the rate limiter",
                                    registry=registry)
         self.queue.configure(settings.queue, settings.shared.recheck_ms, registry)
@@ -99,6 +112,11 @@ class RateLimitPlugin:
         return RedisBucketStore(redis, prefix, lease=self.settings.shared.lease_s)
 
     @proxy.hookimpl
+    def proxy_startup(self, app: web.Application) -> None:
+        """Placement passes over deployments another plugin knows are unusable (an open breaker)."""
+        self._unavailable = app[proxy.HOOKS].unavailable
+
+    @proxy.hookimpl
     def proxy_shutdown(self) -> Awaitable[None] | None:
         self.queue.close()
         return self.store.close()
@@ -114,10 +132,47 @@ class RateLimitPlugin:
         planner = self._planner
         if not planner.configured and ctx.principal.policy.rate_limit is None:
             return None
-        plan = planner.plan(ctx)
-        if plan is None:
+        candidates = Deployments.candidates(ctx.route)
+        if len(candidates) > 1:
+            return self._place(ctx, candidates)
+        target = candidates[0] if candidates else None
+        plan = planner.plan(ctx, target)
+        if plan is None and target is None:
             return None
+        return self._admit_plan(ctx, plan or Plan((), (), 0, target))
+
+    # -- placement on a model's deployments ------------------------------------------
+    def _place(self, ctx: proxy.RequestContext, candidates: Sequence[proxy.Target]) -> Awaitable[None] | None:
+        """Admit on the preferred deployment with headroom, else queue on the soonest (:mod:`.placement`)."""
+        assert self.deployments is not None
+        # Passed over: what other plugins rule out (an open breaker) and deployments throttled by their
+        # provider; whether one is full, the store's levels say below.
+        ordered = self.deployments.order(candidates, lambda target: self._unavailable(ctx, target) not in (None, FULL))
+        # A deployment nothing limits has an empty plan: it always has room.
+        plans = [self._planner.plan(ctx, target) or Plan((), (), 0, target) for target in ordered]
+        if not plans[0].claims:
+            return self._admit_plan(ctx, plans[0])
+        claims = peek_claims(plans)
+        peeked = self.store.peek(claims, self.clock.monotonic())
+        if isinstance(peeked, Grant):
+            return self._admit_plan(ctx, plans[self._choose(ctx, plans, peeked, claims)])
+        return self._place_later(ctx, plans, claims, peeked)
+
+    async def _place_later(self, ctx: proxy.RequestContext, plans: list[Plan], claims: list[Claim],
+                           pending: Awaitable[Grant]) -> None:
+        peeked = await pending
+        waiting = self._admit_plan(ctx, plans[self._choose(ctx, plans, peeked, claims)])
+        if waiting is not None:
+            await waiting
+
+    def _choose(self, ctx: proxy.RequestContext, plans: list[Plan], peeked: Grant, claims: list[Claim]) -> int:
+        return choose(plans, peeked, claims, self.queue.forecast, ctx.principal.policy.priority, self.queue.blocker)
+
+    def _admit_plan(self, ctx: proxy.RequestContext, plan: Plan) -> Awaitable[None] | None:
         store = self.store
+        if not plan.claims:
+            self._placed(ctx, plan, store, "")
+            return None
         now = self.clock.monotonic()
         blocker = self.queue.blocker(plan)
         if blocker is not None:  # earlier waiters are short on a bucket this one needs: get in line
@@ -179,8 +234,21 @@ class RateLimitPlugin:
         self._settle(store, [(claim, claim.amount) for claim in plan.claims], grant.lease)
 
     def _admitted(self, ctx: proxy.RequestContext, plan: Plan, store: BucketStore, grant: Grant, now: float) -> None:
-        ctx.state[_STATE] = Admission(plan, store, grant.lease, now)
+        self._placed(ctx, plan, store, grant.lease)
         self._m_admitted.inc()
+
+    def _placed(self, ctx: proxy.RequestContext, plan: Plan, store: BucketStore, lease: str) -> None:
+        """Remember the admission; a request placed on a deployment goes there first."""
+        deployment = self.deployments.of(plan.target) if self.deployments and plan.target else None
+        ctx.state[_STATE] = Admission(plan, store, lease, self.clock.monotonic(), deployment)
+        if deployment is None or plan.target is None:
+            return
+        deployment.sent_at(time.perf_counter(), plan.reserved)
+        taken = any(s.kind is CONCURRENCY and s.scope == "deployment" for s in plan.specs)
+        self.inflight.placed(ctx, plan.target, deployment, store, lease, taken)  # type: ignore[union-attr]
+        route, target = ctx.route, plan.target
+        if route is not None and target is not None and route.targets[0] is not target:
+            ctx.route = proxy.Route(route.name, (target, *(t for t in route.targets if t is not target)))
 
     def _admitted_from_queue(self, ctx: proxy.RequestContext, plan: Plan, store: BucketStore, grant: Grant) -> None:
         set_headers(ctx, plan, grant.levels)
@@ -199,26 +267,35 @@ class RateLimitPlugin:
         if admission is None:
             return
         plan = admission.plan
+        if admission.deployment is not None:
+            plan = self.deployments.refresh(plan)  # type: ignore[union-attr]  # give back under the limits now
         now = self.clock.monotonic()
         reached = bool(ctx.attempts)
         used = ctx.usage.total_tokens if reached and ctx.usage is not None else 0
+        placed = plan.target if admission.deployment is not None else None
         returns: list[Return] = []
         holds = False
         for spec, claim in zip(plan.specs, plan.claims):
             if spec.kind is CONCURRENCY:
-                returns.append((claim, 1.0))
                 holds = True
+                if spec.scope != "deployment":  # a deployment's slot follows the attempts (.inflight)
+                    returns.append((claim, 1.0))
             elif spec.kind is TOKENS:
-                if claim.amount != used:
-                    returns.append((claim, claim.amount - used))  # refund, or charge the overrun
+                spent = used_on(ctx, placed) if spec.scope == "deployment" else used
+                if claim.amount != spent:
+                    returns.append((claim, claim.amount - spent))  # refund, or charge the overrun
             elif not reached:
                 returns.append((claim, claim.amount))
         if holds and reached:
             self.queue.forecast.held(plan.claims, now - admission.since)
+        if placed is not None:
+            returns += self.deployments.failover_charges(ctx, placed)  # type: ignore[union-attr]
         if returns:
             self._settle(admission.store, returns, admission.lease)
+        if self.inflight is not None:
+            self.inflight.finish(ctx)
 
-    def _settle(self, store: BucketStore, returns: list[Return], lease: str) -> None:
+    def _settle(self, store: BucketStore, returns: list[Return], lease: str) -> None:  # also .inflight's release
         """Give back to ``store``, then wake the queue (a remote store: once it has answered)."""
         settled = store.settle(returns, lease, self.clock.monotonic())
         if settled is None:
@@ -236,3 +313,88 @@ class RateLimitPlugin:
 
     def _rejection(self, spec: Spec, reason: str, wait: float) -> proxy.Rejection:
         return self._rejections(spec, reason, wait)
+
+    # -- what upstreams say ---------------------------------------------------------
+    @proxy.hookimpl
+    def proxy_attempt_result(self, ctx: proxy.RequestContext, attempt: proxy.AttemptRecord) -> None:
+        """A deployment answered: follow its provider's limits, adapt its concurrency; note a failed
+        attempt (its slot goes back if the request moves on)."""
+        if self.deployments is None:
+            return
+        caps, more_room = self.deployments.observe(attempt, self.clock.monotonic(),
+                                                   follow_headers=self.settings.deployments.follow_headers)
+        if caps:
+            self._lower(caps)
+        if attempt.error is not None and self.inflight is not None:
+            self.inflight.failed(ctx, attempt.target)
+        if more_room:
+            self.queue.wake()  # waiters may go
+
+    @proxy.hookimpl
+    def proxy_unavailable(self, ctx: proxy.RequestContext, target: proxy.Target) -> str | None:
+        """A deployment with no room for ``ctx`` (full, unless the request holds a slot there) or
+        told by its provider's 429 to wait."""
+        if self.inflight is None or target.deployment is None:
+            return None
+        return self.inflight.no_room(ctx, target, self.clock.monotonic())
+
+    @proxy.hookimpl
+    def proxy_attempt_started(self, ctx: proxy.RequestContext, attempt: proxy.AttemptRecord) -> None:
+        """An attempt on a deployment the request holds no slot on (a failover, a retry, a hedge) takes one."""
+        if self.inflight is not None and attempt.target.deployment is not None:
+            self.inflight.started(ctx, self.store, attempt)
+
+    def _lower(self, caps: list[Return]) -> None:
+        lowered = self.store.lower(caps, self.clock.monotonic())
+        if lowered is not None:
+            future = asyncio.ensure_future(lowered)
+            self._background.add(future)
+            future.add_done_callback(self._background.discard)
+
+    # -- forecasts and status --------------------------------------------------------
+    @proxy.hookimpl
+    def proxy_predicted_wait(self, ctx: proxy.RequestContext, route: proxy.Route) -> Awaitable[float] | float | None:
+        """The wait of a request like ``ctx`` on ``route``'s soonest deployment, its key's own limits
+        left out (the route's capacity, not the caller's quota)."""
+        if not self._planner.configured or not route.targets:
+            return None
+        candidates = Deployments.candidates(route) or route.targets[:1]
+        plans: list[Plan] = []
+        for target in candidates:
+            try:
+                plan = self._planner.plan(ctx, target, own_key=False)
+            except proxy.Rejection:  # larger than a bucket: refused whatever the wait
+                continue
+            if plan is None:
+                return 0.0  # nothing limits that deployment
+            plans.append(plan)
+        if not plans:
+            return None
+        claims = peek_claims(plans)
+        peeked = self.store.peek(claims, self.clock.monotonic())
+        if isinstance(peeked, Grant):
+            return soonest(plans, peeked, claims, self.queue.forecast)
+        return self._soonest_later(plans, claims, peeked)
+
+    async def _soonest_later(self, plans: list[Plan], claims: list[Claim], pending: Awaitable[Grant]) -> float:
+        return soonest(plans, await pending, claims, self.queue.forecast)
+
+    @proxy.hookimpl
+    async def proxy_status(self) -> dict[str, Any]:
+        """Per route: queue length and the predicted wait of its last waiter; per deployment: limits
+        in force, what is left, requests in flight."""
+        now = self.clock.monotonic()
+        routes = {name: {"queue": count, "predicted_wait_ms": round(wait * 1000, 1)}
+                  for name, (count, wait) in self.queue.by_route(now).items()}
+        levels: dict[str, float] = {}
+        if self.deployments is not None and self.deployments.by_key:
+            claims = [spec.unit for d in self.deployments.by_key.values() for spec in d.specs()
+                      if spec.kind is not CONCURRENCY]
+            if claims:
+                peeked = self.store.peek(claims, now)
+                grant = peeked if isinstance(peeked, Grant) else await peeked
+                levels = {claim.key: level for claim, level in zip(claims, grant.levels)}
+        deployments = self.deployments.status(levels) if self.deployments is not None else {}
+        return {"routes": routes, "deployments": deployments,
+                "ratelimit": {"queue": len(self.queue), "mode": self.settings.mode}}
+

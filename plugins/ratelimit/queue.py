@@ -102,6 +102,8 @@ class AdmissionQueue:
         self._failing = False
         self._m_wait: Histogram | None = None
         self._m_queue: Gauge | None = None
+        #: A waiter's plan with the limits in force now (the plugin's; adaptive limits change).
+        self.refresh: Callable[[Plan], Plan] = lambda plan: plan
 
     def __len__(self) -> int:
         return len(self._waiters)
@@ -128,6 +130,17 @@ class AdmissionQueue:
         if not self._waiters:
             return None
         return next((s for s in plan.specs if s.key in self._blocked), None)
+
+    def by_route(self, now: float) -> dict[str, tuple[int, float]]:
+        """Waiters per route, and the predicted wait of each route's last (when it expects to go)."""
+        out: dict[str, tuple[int, float]] = {}
+        for waiter in self._waiters:
+            route = waiter.ctx.route
+            name = route.name if route is not None else "-"
+            count, wait = out.get(name, (0, 0.0))
+            due = waiter.due - now
+            out[name] = (count + 1, max(wait, due) if due < math.inf else wait)
+        return out
 
     def enqueue(self, ctx: proxy.RequestContext, plan: Plan, blocker: Spec, now: float, *, wait: float,
                 refill: float | None = None) -> Awaitable[None]:
@@ -276,6 +289,7 @@ class AdmissionQueue:
             if not waiter.queued or waiter.future.done() or any(s.key in blocked for s in waiter.plan.specs):
                 # Leaving (its task removes it), or FIFO per bucket: an earlier waiter is short on one it needs.
                 continue
+            waiter.plan = self.refresh(waiter.plan)  # limits may have changed while it waited
             grant = yield waiter.plan.claims
             now = self.clock.monotonic()
             if not waiter.queued or waiter.future.done():  # it left while the store answered
@@ -290,7 +304,8 @@ class AdmissionQueue:
                 continue
             spec = waiter.plan.specs[grant.blocking]
             waiter.blocker = spec
-            waiter.due = now + grant.wait
+            if grant.wait < math.inf:  # a slot's return is unknown: keep the forecast it queued with
+                waiter.due = now + grant.wait
             blocked[spec.key] = spec
             soonest = min(soonest, self._retry_in(grant.wait))
             if spec.scope == "global":

@@ -16,7 +16,7 @@ lapses).
 
 from __future__ import annotations
 
-__all__ = ["RENEW", "SETTLE", "TAKE"]
+__all__ = ["LOWER", "RENEW", "SETTLE", "TAKE"]
 
 _PRELUDE = """
 local function fmt(x) return string.format('%.17g', x) end
@@ -126,4 +126,16 @@ for i, key in ipairs(KEYS) do
   end
 end
 return kept
+"""
+
+#: KEYS: buckets that refill. ARGV: TTL margin seconds, then per key "rate burst level": each bucket
+#: is lowered to at most its level (what the upstream says is left), never raised.
+LOWER = _PRELUDE + """
+local margin = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local c = numbers(ARGV[i + 1])
+  local rate, burst, cap = c[1], c[2], c[3]
+  if rate > 0 and cap < level_of(key, rate, burst) then store_level(key, rate, burst, cap, margin) end
+end
+return 0
 """

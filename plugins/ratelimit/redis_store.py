@@ -37,7 +37,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from redis.asyncio import Redis
 
-from .redis_scripts import RENEW, SETTLE, TAKE
+from .redis_scripts import LOWER, RENEW, SETTLE, TAKE
 from .store import Claim, Grant, Return
 
 __all__ = ["RedisBucketStore"]
@@ -146,6 +146,7 @@ class RedisBucketStore:
         self._take = redis.register_script(TAKE)
         self._settle = redis.register_script(SETTLE)
         self._renew = redis.register_script(RENEW)
+        self._lower = redis.register_script(LOWER)
         worker = os.urandom(6).hex()  # lease ids are unique across the fleet without coordination
         self._lease_ids = (f"{worker}:{n}" for n in itertools.count(1))
         self._asks: _Batches[_Ask] = _Batches(self._send_asks)
@@ -170,11 +171,29 @@ class RedisBucketStore:
     def settle(self, returns: Sequence[Return], lease: str, now: float) -> asyncio.Future[None] | None:
         if not returns:
             return None
-        self._live.pop(lease, None)  # no longer renewed, even if this call fails: it lapses by itself
         keys, claims = self._encode([claim for claim, _ in returns], [amount for _, amount in returns])
+        live = self._live.get(lease)
+        if live is not None:  # the slots given back are no longer renewed, even if this call fails (they lapse)
+            kept = [key for key in live if key not in keys]
+            if kept:
+                self._live[lease] = kept
+            else:
+                del self._live[lease]
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._gives.add(_Give(keys, claims, lease, future))
         return future
+
+    async def lower(self, caps: Sequence[Return], now: float) -> None:
+        """Lower buckets to what an upstream says is left (one round trip; rare: only on a 429 or
+        when little is left, see :mod:`.deployments`)."""
+        caps = [(claim, level) for claim, level in caps if claim.rate > 0]
+        if not caps:
+            return
+        try:
+            await self._lower([self.prefix + claim.key for claim, _ in caps],
+                              [self.ttl_margin, *(f"{c.rate!r} {c.burst!r} {float(level)!r}" for c, level in caps)])
+        except Exception as exc:
+            self._failed("lowering buckets", exc)
 
     async def close(self) -> None:
         """Stop renewing leases and sending (at shutdown: requests still in flight are then

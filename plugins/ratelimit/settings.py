@@ -8,7 +8,8 @@ from pydantic import Field
 
 import proxy
 
-__all__ = ["Limits", "QueueSettings", "RateLimitSettings", "SharedSettings"]
+__all__ = ["AdaptiveSettings", "DeploymentPolicy", "Limits", "QueueSettings", "RateLimitSettings",
+           "SharedSettings"]
 
 # ge=1 rather than proxy.PositiveInt: the same values, but the message users see stays "at least 1".
 _AtLeastOne = Annotated[int, Field(ge=1)]
@@ -48,6 +49,34 @@ class SharedSettings(proxy.Settings):
     recheck_ms: Annotated[float, Field(ge=1)] = 50.0
 
 
+class AdaptiveSettings(proxy.Settings):
+    """How deployments with ``adaptive: true`` find their concurrency (see :mod:`.adaptive`)."""
+
+    #: Requests in flight to start from (doubling per round of successes until the first back-off).
+    initial: _AtLeastOne = 4
+    #: Never fewer than this in flight.
+    min: _AtLeastOne = 1
+    #: Slots added per round of successes (a round: as many answers as the limit).
+    increase: proxy.PositiveFloat = 1.0
+    #: Factor applied on a 429, a timeout or a rising time to first token.
+    decrease: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    #: A time to first token above this many times the deployment's unloaded one means overload.
+    latency_tolerance: Annotated[float, Field(gt=1)] = 2.0
+
+
+class DeploymentPolicy(proxy.Settings):
+    """``plugins.ratelimit.deployments``: placing requests on a model's deployments."""
+
+    #: Among deployments with headroom: ``weighted`` (random, in proportion to their weights),
+    #: ``least_outstanding`` (fewest requests in flight per unit of weight) or ``latency``
+    #: (lowest recent time to first token).
+    strategy: Literal["weighted", "least_outstanding", "latency"] = "weighted"
+    #: Let the provider's ``x-ratelimit-*`` / ``retry-after`` headers lower the deployment's buckets
+    #: and its limits (never above the catalogue's).
+    follow_headers: bool = True
+    adaptive: AdaptiveSettings = AdaptiveSettings()
+
+
 class RateLimitSettings(proxy.Settings):
     """The ``plugins.ratelimit`` block. Absent scopes are not limited."""
 
@@ -64,3 +93,6 @@ class RateLimitSettings(proxy.Settings):
     default_max_tokens: proxy.NonNegativeInt = 1024
     #: With a shared store (a fleet): concurrency leases and re-checks.
     shared: SharedSettings = SharedSettings()
+    #: Placing requests on a model's deployments (the catalogue's ``deployments``; their limits are
+    #: buckets of scope ``deployment``, in the same store as every other bucket).
+    deployments: DeploymentPolicy = DeploymentPolicy()

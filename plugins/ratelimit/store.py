@@ -4,7 +4,8 @@ A bucket holds up to ``burst`` units and refills at ``rate`` units per second.
 It is stored as ``(level, last_update)`` and refilled lazily when touched: no
 timer or task per bucket. A bucket with ``rate == 0`` never refills: it counts
 concurrency slots (take 1 when a request starts, give it back when it ends; a
-shared store keeps them as leases that expire, see :mod:`.redis_store`).
+shared store keeps them as leases that expire, see :mod:`.redis_store`). Its level
+is the free slots: when its capacity changes (an adaptive limit), so do they.
 
 The plugin talks only to :class:`BucketStore`. Its operations return their
 answer directly when the store is in this process (:class:`MemoryBucketStore`,
@@ -100,6 +101,12 @@ class BucketStore(Protocol):
         """
         ...
 
+    def lower(self, caps: Sequence[Return], now: float) -> Awaitable[None] | None:
+        """Lower each ``(claim, level)`` bucket to at most ``level`` (what an upstream says is left;
+        below zero: a debt the refill pays first). Never raises a level; concurrency slots
+        (``rate == 0``) are left alone."""
+        ...
+
     def close(self) -> Awaitable[None] | None:
         """Stop background work (a shared store's lease renewals)."""
         ...
@@ -131,6 +138,8 @@ class MemoryBucketStore:
         if now > updated:
             level += (now - updated) * claim.rate
             bucket[1] = now
+        if claim.rate == 0 and claim.burst != bucket[3]:
+            level += claim.burst - bucket[3]  # a concurrency limit changed: so did the free slots
         bucket[0] = min(level, claim.burst)
         bucket[2] = claim.rate
         bucket[3] = claim.burst
@@ -173,6 +182,12 @@ class MemoryBucketStore:
         for claim, amount in returns:
             self.give_back(claim, amount, now)
 
+    def lower(self, caps: Sequence[Return], now: float) -> None:
+        for claim, level in caps:
+            if claim.rate > 0:
+                bucket = self._bucket(claim, now)
+                bucket[0] = min(bucket[0], level)
+
     def close(self) -> None:
         return None
 
@@ -214,3 +229,7 @@ class LocalShareStore(MemoryBucketStore):
     def settle(self, returns: Sequence[Return], lease: str, now: float) -> None:
         shares = self._share([claim for claim, _ in returns])
         super().settle([(share, amount) for share, (_, amount) in zip(shares, returns)], lease, now)
+
+    def lower(self, caps: Sequence[Return], now: float) -> None:
+        shares = self._share([claim for claim, _ in caps])
+        super().lower([(share, level / self.workers) for share, (_, level) in zip(shares, caps)], now)

@@ -17,7 +17,14 @@ spent in admission queues is bounded by those plugins) bounds every attempt and
 every wait: no delay ends past it, and each attempt's timeouts are capped at the
 time left. Breakers and the deadline run on the plugin's :class:`proxy.Clock`.
 
-Each target (catalogue model) has a circuit breaker. It opens after
+A model with several deployments (catalogue ``deployments``) fails over among them
+first: a retryable failure moves at once to the model's next deployment this request
+has not tried — unless another plugin says it has no room (``proxy_unavailable``: the
+rate limiter's full or throttled deployments) — before the same one is retried with
+backoff, and before the route's next model.
+
+Each target (catalogue model, or one deployment of it: ``model@deployment``) has a
+circuit breaker. It opens after
 ``breaker.failures`` consecutive failures, or when the failure ratio over a
 rolling window reaches ``breaker.failure_ratio`` (with at least
 ``breaker.min_requests`` outcomes in the window). While open the target is
@@ -28,11 +35,12 @@ open the request gets 503 ``upstream_unavailable`` with ``retry-after``.
 
 Only outcomes that say something about the target's health count: 5xx,
 timeouts, stalls, connection errors, invalid bodies and — by default
-(``breaker.trip_on_429``) — 429, because a target that keeps rate-limiting the
-gateway is unusable for its traffic until it recovers, which is what the breaker
-models. Any other 4xx is the request's fault and counts as a success (the target
-answered). A timeout of an attempt the deadline left with less than half the
-usual time counts for nothing.
+(``breaker.trip_on_429``) — a model's 429, because a target that keeps rate-limiting
+the gateway is unusable for its traffic until it recovers, which is what the breaker
+models. A deployment's 429s never count: the rate limiter follows them (its
+``retry-after``, the provider's limits, adaptive concurrency). Any other 4xx is the
+request's fault and counts as a success (the target answered). A timeout of an
+attempt the deadline left with less than half the usual time counts for nothing.
 
 Streams: the core asks for another attempt only before the stream is
 committed (its first meaningful event sent), so a stream that broke after
@@ -48,6 +56,7 @@ Parts:
 
 * :mod:`.settings` — the ``plugins.retry`` block;
 * :mod:`.breaker` — :class:`~.breaker.Breaker`, the circuit breaker of one target;
+* :mod:`.health` — every target's breaker (per deployment), the per-request bookkeeping;
 * :mod:`.hedge` — :class:`~.hedge.HedgePolicy`: when to hedge, the p95 windows, the budget;
 * :mod:`.plugin` — :class:`RetryPlugin`: the attempt policy, the deadline and
   the breakers' bookkeeping.

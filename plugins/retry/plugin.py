@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 import proxy
 
-from .breaker import CLOSED, Breaker, BreakerMetrics
+from .breaker import Breaker, BreakerMetrics
+from .health import Health, RequestState
 from .hedge import HedgePolicy
 from .settings import RetrySettings
 
@@ -21,13 +23,8 @@ __all__ = ["RETRY_STATUSES", "RetryPlugin"]
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _RETRY_ERRORS = frozenset({"connect", "invalid_body"})
 _TIMEOUTS = frozenset({"timeout", "stall"})
-# "protocol" (a wrong kind of answer) and "cancelled" (a hedge race lost, a client gone)
-# say nothing about the target's health.
-_HEALTH_ERRORS = frozenset({"timeout", "stall", "connect", "invalid_body"})
 #: An attempt with less time than this before the deadline is not worth starting.
 _MIN_ATTEMPT_S = 0.01
-#: Breakers of names only a catalogue pattern serves (client-chosen), at most.
-_MAX_BREAKERS = 1024
 _STATE_KEY = "retry.state"
 
 
@@ -40,21 +37,10 @@ class _Metrics:
         self.fallbacks = proxy.LabelCache(Counter(
             "floodgate_retry_fallbacks", "Moves to another target of the route",
             ["from_model", "to_model"], registry=registry))
+        self.failovers = proxy.LabelCache(Counter(
+            "floodgate_retry_deployment_failovers", "Moves to another deployment of the same model",
+            ["model", "from_deployment", "to_deployment"], registry=registry))
         self.breaker = BreakerMetrics(registry)
-
-
-class _RequestState:
-    """Per-request bookkeeping, in ``ctx.state["retry.state"]``."""
-
-    __slots__ = ("deadline", "index", "tries", "recorded", "probe", "capped")
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-        self.index = 0  # position in route.targets of the current target
-        self.tries = 0  # tries on the current target
-        self.recorded = 0  # ctx.attempts whose outcome the breakers have seen
-        self.probe: tuple[Breaker, int] | None = None  # half-open slot held, attempt index
-        self.capped: set[int] | None = None  # attempts whose timeout the deadline shortened
 
 
 class RetryPlugin:
@@ -71,7 +57,8 @@ class RetryPlugin:
         self.clock: proxy.Clock = clock if clock is not None else proxy.LoopClock()
         self.settings = RetrySettings()
         self.rng = random.Random()
-        self.breakers: dict[str, Breaker] = {}
+        self.health: Health | None = None
+        self.hooks: proxy.Hooks | None = None
 
     # -- configuration ------------------------------------------------------
     @proxy.hookimpl
@@ -101,16 +88,18 @@ class RetryPlugin:
         # skipping Attempt.timeout otherwise spares the core a per-attempt copy.
         # Keyed by catalogue entry: a pattern's timeouts apply to every name it serves.
         self._timeouts: dict[str | None, tuple[float, float]] = {}
-        self._breaker_on = settings.breaker.enabled
-        self.breakers = {}
-        if self._breaker_on:
-            for model in config.models:
-                if not any(c in model for c in "*?["):
-                    self._breaker(model)
+        self.health = Health(config, settings.breaker, self._metrics.breaker, self.clock) \
+            if settings.breaker.enabled else None
+
+    @property
+    def breakers(self) -> dict[str, Breaker]:
+        """Every place's breaker by its qualified name (``model`` or ``model@deployment``)."""
+        return self.health.breakers if self.health is not None else {}
 
     @proxy.hookimpl
     def proxy_startup(self, app: web.Application) -> None:
         """``hedge.routes`` are checked once every plugin has declared its route names."""
+        self.hooks = app[proxy.HOOKS]
         config = self.config
         known = set(config.models) | set(config.route_names)
         errors = [config.error(("plugins", self.name, "hedge", "routes", i),
@@ -118,19 +107,6 @@ class RetryPlugin:
                   for i, route in enumerate(self.settings.hedge.routes) if route not in known]
         if errors:
             raise proxy.ConfigErrors(errors)
-
-    def _breaker(self, model: str) -> Breaker:
-        """``model``'s breaker: one per concrete model (a failing ``gpt-5`` does not stop
-        ``gpt-4o`` when one pattern serves both). Names only a pattern serves are
-        client-chosen, so their breakers are bounded: closed, healthy ones are dropped first."""
-        breaker = self.breakers.get(model)
-        if breaker is None:
-            exact = model in self.config.models
-            if not exact and len(self.breakers) >= _MAX_BREAKERS:
-                self._drop_idle_breakers()
-            label = model if exact else self.config.catalogue_name(model)
-            breaker = self.breakers[model] = Breaker(model, self.settings.breaker, self._metrics.breaker, label)
-        return breaker
 
     def _entry(self, model: str) -> str | None:
         """The catalogue entry serving ``model`` (per-model settings are keyed by it)."""
@@ -140,12 +116,6 @@ class RetryPlugin:
         """A bounded metric label: the model, or the pattern serving it."""
         return self._entry(model) or model
 
-    def _drop_idle_breakers(self) -> None:
-        for name in [n for n, b in self.breakers.items()
-                     if n not in self.config.models and b.state == CLOSED and not b.consecutive
-                     and not b.probing][: _MAX_BREAKERS // 4]:
-            del self.breakers[name]
-
     # -- attempts -----------------------------------------------------------
     @proxy.hookimpl
     def proxy_next_attempt(self, ctx: proxy.RequestContext) -> proxy.Attempt | proxy.Stop | None:
@@ -153,14 +123,14 @@ class RetryPlugin:
         if route is None or not route.targets:
             return None
         now = self.clock.monotonic()
-        st: _RequestState | None = ctx.state.get(_STATE_KEY)
+        st: RequestState | None = ctx.state.get(_STATE_KEY)
         if st is None:
-            st = ctx.state[_STATE_KEY] = _RequestState(now + self.settings.deadline_s)
+            st = ctx.state[_STATE_KEY] = RequestState(now + self.settings.deadline_s)
             if self.hedging.enabled and self.hedging.opted_in(ctx, route.targets[0]):
                 self.hedging.earn(route.targets[0].model)
         attempts = ctx.attempts
-        if self._breaker_on and st.recorded < len(attempts):
-            self._record(ctx, st)
+        if self.health is not None and st.recorded < len(attempts):
+            self.health.record(ctx, st)
         remaining = st.deadline - now
         if not attempts:
             return self._next_target(ctx, st, 0, remaining)
@@ -171,7 +141,8 @@ class RetryPlugin:
         if action == "stop":
             return proxy.STOP
         if action == "retry":
-            attempt = self._retry(ctx, st, last, remaining)
+            # Another deployment of the same model first, at once; then this one again after a backoff.
+            attempt = self._failover(ctx, st, last, remaining) or self._retry(ctx, st, last, remaining)
             if attempt is not None:
                 return attempt
         # A wrong kind of answer is deterministic: only another upstream may answer right.
@@ -197,7 +168,26 @@ class RetryPlugin:
                 else "fallback"
         return "stop" if error is None else "fallback"  # None: a success, nothing to add
 
-    def _retry(self, ctx: proxy.RequestContext, st: _RequestState, last: proxy.AttemptRecord,
+    def _failover(self, ctx: proxy.RequestContext, st: RequestState, last: proxy.AttemptRecord,
+                  remaining: float) -> proxy.Attempt | None:
+        """The next deployment of ``last``'s model that this request has not tried, if its breaker
+        lets it: a deployment's 429 or failure says nothing about the model's other deployments."""
+        failed = last.target
+        if failed.deployment is None:
+            return None
+        tried = {a.target.qualified for a in ctx.attempts}
+        targets = ctx.route.targets  # type: ignore[union-attr]
+        for i, target in enumerate(targets):
+            if target.model != failed.model or target.qualified in tried or self._passed_over(ctx, target):
+                continue
+            if self.health is not None and not self.health.take(st, target, len(ctx.attempts)):
+                continue
+            st.index, st.tries = i, 1
+            self._metrics.failovers(self._label(failed.model), failed.deployment, target.deployment or "-").inc()
+            return self._attempt(ctx, st, target, 0.0, remaining)
+        return None
+
+    def _retry(self, ctx: proxy.RequestContext, st: RequestState, last: proxy.AttemptRecord,
                remaining: float) -> proxy.Attempt | None:
         """Another try of the current target, or ``None`` to fall back."""
         target = last.target
@@ -213,7 +203,7 @@ class RetryPlugin:
             delay = max(delay, last.retry_after)
         if remaining - delay < _MIN_ATTEMPT_S:
             return None  # never wait past the deadline; another target needs no wait
-        if self._breaker_on and not self._take(st, model, len(ctx.attempts)):
+        if self.health is not None and not self.health.take(st, target, len(ctx.attempts)):
             return None
         st.tries += 1
         assert last.error is not None  # only failures are retried
@@ -221,14 +211,14 @@ class RetryPlugin:
         self._metrics.retries(self._label(model), reason).inc()
         return self._attempt(ctx, st, target, delay, remaining - delay)
 
-    def _next_target(self, ctx: proxy.RequestContext, st: _RequestState, start: int,
+    def _next_target(self, ctx: proxy.RequestContext, st: RequestState, start: int,
                      remaining: float, avoid_upstream: str | None = None) -> proxy.Attempt | proxy.Stop:
         targets = ctx.route.targets  # type: ignore[union-attr]
         for i in range(start, len(targets)):
             target = targets[i]
-            if target.upstream == avoid_upstream:
+            if target.upstream == avoid_upstream or (ctx.attempts and self._passed_over(ctx, target)):
                 continue
-            if self._breaker_on and not self._take(st, target.model, len(ctx.attempts)):
+            if self.health is not None and not self.health.take(st, target, len(ctx.attempts)):
                 continue
             st.index, st.tries = i, 1
             previous = ctx.attempts[-1].target.model if ctx.attempts else targets[0].model
@@ -238,20 +228,12 @@ class RetryPlugin:
             return self._attempt(ctx, st, target, 0.0, remaining)
         if ctx.attempts:
             return proxy.STOP  # the client gets the last failure
-        now = self.clock.monotonic()
-        wait = min((self._breaker(t.model).retry_in(now) for t in targets), default=1.0)
+        wait = self.health.retry_in(targets) if self.health is not None else 1.0
         raise proxy.Rejection(503, "all upstream targets are unavailable (circuit open)",
                               code="upstream_unavailable", type="server_error",
                               headers={"retry-after": str(max(1, math.ceil(wait)))})
 
-    def _take(self, st: _RequestState, model: str, index: int) -> bool:
-        """Ask ``model``'s breaker for the next attempt (index ``index``)."""
-        allowed, probe = self._breaker(model).allow(self.clock.monotonic())
-        if probe:
-            st.probe = (self.breakers[model], index)
-        return allowed
-
-    def _attempt(self, ctx: proxy.RequestContext, st: _RequestState, target: proxy.Target,
+    def _attempt(self, ctx: proxy.RequestContext, st: RequestState, target: proxy.Target,
                  delay: float, remaining: float) -> proxy.Attempt:
         entry = self._entry(target.model)
         timeouts = self._timeouts.get(entry)
@@ -278,7 +260,7 @@ class RetryPlugin:
     def proxy_hedge(self, ctx: proxy.RequestContext, attempt: proxy.AttemptRecord) -> proxy.Attempt | None:
         """Race the slow ``attempt``: the route's next target (``hedge.to: next``, when its
         breaker lets it) or the same model again, within the budget and the deadline."""
-        st: _RequestState | None = ctx.state.get(_STATE_KEY)
+        st: RequestState | None = ctx.state.get(_STATE_KEY)
         route = ctx.route
         if st is None or route is None:
             return None
@@ -289,18 +271,21 @@ class RetryPlugin:
         targets = route.targets
         index = len(ctx.attempts)
         chosen: tuple[int, proxy.Target] | None = None
+        health = self.health
         if self.settings.hedge.to == "next":
             for i in range(st.index + 1, len(targets)):
-                if not self._breaker_on or self._take(st, targets[i].model, index):
+                if self._passed_over(ctx, targets[i]):
+                    continue
+                if health is None or health.take(st, targets[i], index):
                     chosen = (i, targets[i])
                     break
-        if chosen is None and (not self._breaker_on or self._take(st, model, index)):
+        if chosen is None and (health is None or health.take(st, attempt.target, index)):
             chosen = (st.index, attempt.target)
         if chosen is None:
             self.hedging.skipped(model, "no_target").inc()
             return None
         if not self.hedging.spend(model):
-            self._release_unused(st, index)
+            st.release_unused(index)
             return None
         i, target = chosen
         if i == st.index:
@@ -309,57 +294,29 @@ class RetryPlugin:
             st.index, st.tries = i, 1
         return self._attempt(ctx, st, target, 0.0, remaining)
 
-    @staticmethod
-    def _release_unused(st: _RequestState, index: int) -> None:
-        if st.probe is not None and st.probe[1] == index:
-            st.probe[0].release()
-            st.probe = None
+    # -- health -------------------------------------------------------------
+    @proxy.hookimpl
+    def proxy_unavailable(self, ctx: proxy.RequestContext, target: proxy.Target) -> str | None:
+        """A place whose breaker is open (or half-open with its probe out): the rate limiter
+        then places requests on the model's other deployments."""
+        return self.health.unavailable(target) if self.health is not None else None
 
-    # -- breaker bookkeeping ------------------------------------------------
-    def _record(self, ctx: proxy.RequestContext, st: _RequestState) -> None:
-        """Feed the outcomes of attempts the breakers have not seen yet."""
-        now = self.clock.monotonic()
-        attempts = ctx.attempts
-        for i in range(st.recorded, len(attempts)):
-            record = attempts[i]
-            # The probe slot belongs to the attempt made at that index on that model (a
-            # hedge the core did not start after all leaves the index to another target).
-            probe = st.probe is not None and st.probe[1] == i and st.probe[0].model == record.target.model
-            failed = self._failed(record, st, i)
-            if probe:
-                breaker = st.probe[0]  # type: ignore[index]
-                st.probe = None
-                if failed is None:
-                    breaker.release()
-                else:
-                    breaker.record(failed, now, probe=True)
-            elif failed is not None:
-                self._breaker(record.target.model).record(failed, now, probe=False)
-        st.recorded = len(attempts)
+    def _passed_over(self, ctx: proxy.RequestContext, target: proxy.Target) -> bool:
+        """Another plugin says ``target`` has no room for the request now (a full or throttled
+        deployment): failing over there would only add load where it is refused."""
+        return target.deployment is not None and self.hooks is not None and self.hooks.unavailable(ctx, target) \
+            is not None
 
-    def _failed(self, record: proxy.AttemptRecord, st: _RequestState, index: int) -> bool | None:
-        """Whether an outcome counts against the target's health; ``None``: says nothing."""
-        error = record.error
-        if error is None:
-            return None if record.status is None else False  # no status: cancelled early
-        if error == "http":
-            status = record.status or 0
-            return status >= 500 or (status == 429 and self.settings.breaker.trip_on_429)
-        if error == "timeout" and st.capped is not None and index in st.capped:
-            return None  # cut short by the deadline, not by the target's own timeout
-        return True if error in _HEALTH_ERRORS else None
+    @proxy.hookimpl
+    def proxy_status(self) -> dict[str, Any] | None:
+        return {"deployments": self.health.status()} if self.health is not None else None
 
     @proxy.hookimpl
     def proxy_finished(self, ctx: proxy.RequestContext) -> None:
-        st: _RequestState | None = ctx.state.get(_STATE_KEY)
+        st: RequestState | None = ctx.state.get(_STATE_KEY)
         if st is None:
             return
         if self.hedging.enabled:
             self.hedging.observe(ctx)
-        if not self._breaker_on:
-            return
-        if st.recorded < len(ctx.attempts):
-            self._record(ctx, st)
-        if st.probe is not None:  # took the slot but never made the attempt
-            st.probe[0].release()
-            st.probe = None
+        if self.health is not None:
+            self.health.finish(ctx, st)

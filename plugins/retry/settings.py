@@ -20,7 +20,7 @@ class BreakerSettings(proxy.Settings):
     window_s: proxy.PositiveFloat = 30.0
     min_requests: proxy.PositiveInt = 10
     cooldown_s: proxy.PositiveFloat = 10.0
-    trip_on_429: bool = True
+    trip_on_429: bool = True  # models without deployments only: a deployment's 429s are the rate limiter's
 
 
 class HedgeSettings(proxy.Settings):

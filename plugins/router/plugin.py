@@ -198,7 +198,7 @@ class RouterPlugin:
         lines = {
             "route": decision.route,
             "rule": why,
-            "models": " → ".join(t.model for t in tier.targets),
+            "models": " → ".join(t.qualified for t in tier.targets),
             "max_tokens": ", ".join(x for x in limits if x) or "client's own",
         }
         if tier.system_prompt:

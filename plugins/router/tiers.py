@@ -182,7 +182,7 @@ def compile_tier(config: proxy.Config, name: str, route: RouteSettings) -> Tier:
     chain = [route.model, *(m for m in dict.fromkeys(fallbacks) if m != route.model)]
     return Tier(
         name=name,
-        targets=tuple(config.target(m) for m in chain),
+        targets=tuple(t for m in chain for t in config.deployments(m)),  # each model's deployments, in turn
         params=dict(route.params),
         default_tokens=route.max_tokens.default,
         cap=route.max_tokens.cap,

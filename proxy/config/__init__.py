@@ -17,6 +17,8 @@ from .schema import (
     MOCK_BASE_URL,
     AttemptTimeouts,
     CoreSettings,
+    DeploymentLimits,
+    DeploymentSettings,
     ModelSettings,
     Price,
     ServerSettings,
@@ -26,7 +28,8 @@ from .schema import (
 )
 
 __all__ = [
-    "BUILTIN_SCHEME", "MOCK_BASE_URL", "AttemptTimeouts", "Config", "CoreSettings", "ModelSettings",
+    "BUILTIN_SCHEME", "MOCK_BASE_URL", "AttemptTimeouts", "Config", "CoreSettings", "DeploymentLimits",
+    "DeploymentSettings", "ModelSettings",
     "NonEmptyStr", "NonNegativeFloat", "NonNegativeInt", "PositiveFloat", "PositiveInt", "Price",
     "ServerSettings", "Settings", "TimeoutOverrides", "Timeouts", "UpstreamSettings", "config_from_dict",
     "is_pattern", "load_config", "parse_config",

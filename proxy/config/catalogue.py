@@ -16,7 +16,7 @@ from ..errors import ConfigError, ConfigErrors, Rejection, shorten
 from ..types import Target
 from .lookup import ModelLookup
 from .patterns import is_pattern
-from .schema import AttemptTimeouts, CoreSettings, ModelSettings, Price, TimeoutOverrides
+from .schema import AttemptTimeouts, CoreSettings, DeploymentSettings, ModelSettings, Price, TimeoutOverrides
 from .source import LocatedYaml, Path
 from .validation import validate
 
@@ -40,8 +40,9 @@ class Config:
         self._lookup = ModelLookup(self.models)
         self._exact = frozenset(name for name in self.models if not is_pattern(name))
         self._timeouts: dict[tuple[str, str | None], AttemptTimeouts] = {
-            (m.upstream, name): self._build_timeouts(m.upstream, name)
-            for name, m in self.models.items() if m.upstream in self.upstreams}
+            (upstream, name): self._build_timeouts(upstream, name)
+            for name, m in self.models.items()
+            for upstream in {m.upstream, *(d.upstream for d in m.deployments)} if upstream in self.upstreams}
         self._timeouts.update({(name, None): self._build_timeouts(name, None) for name in self.upstreams})
         #: Notices about the catalogue (``floodgate check`` prints them; the config is valid).
         self.warnings: list[ConfigError] = []
@@ -156,8 +157,21 @@ class Config:
         return self._lookup.target(model)
 
     def targets_with_fallbacks(self, model: str) -> tuple[Target, ...]:
-        """``model``'s target followed by its entry's ``fallbacks``' targets."""
+        """``model``'s targets (one per deployment) followed by its entry's ``fallbacks``' targets."""
         return self._lookup.chain(model)
+
+    def deployments(self, model: str) -> tuple[Target, ...]:
+        """``model``'s targets, one per deployment in catalogue order (``KeyError`` if no entry serves
+        it). A model served by one ``upstream`` has one, whose ``deployment`` is ``None``."""
+        return self._lookup.deployments(model)
+
+    def deployment(self, target: Target) -> DeploymentSettings | None:
+        """The catalogue's settings of ``target``'s deployment (limits, weight, adaptive), or
+        ``None`` for a model without deployments."""
+        if target.deployment is None:
+            return None
+        entry = self.entry(target.model)
+        return entry.deployment(target.deployment) if entry is not None else None
 
     def _build_timeouts(self, upstream: str, entry: str | None) -> AttemptTimeouts:
         base = self.upstreams[upstream].timeouts
@@ -178,11 +192,13 @@ class Config:
         """The upstream's own timeouts (requests that name no model: passthrough)."""
         return self._timeouts[(upstream, None)]
 
-    def price(self, model: str) -> Price | None:
-        """The price of a model the catalogue serves; ``None`` when its entry is unpriced
-        (``price: null``) or no entry serves it."""
+    def price(self, model: str, deployment: str | None = None) -> Price | None:
+        """The price of a model the catalogue serves (on ``deployment``, whose own price wins when it
+        sets one); ``None`` when unpriced (``price: null``) or no entry serves it."""
         entry = self.entry(model)
-        return entry.price if entry is not None else None
+        if entry is None:
+            return None
+        return entry.price if deployment is None else entry.price_of(deployment)
 
     def unknown_model(self, model: str | None) -> Rejection:
         if model is None:

@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import ConfigError, ConfigErrors
 from .catalogue import Config
 from .patterns import Pattern, is_pattern, ordered, shadowing, syntax_error, template_error
-from .schema import MOCK_BASE_URL, CoreSettings
+from .schema import MOCK_BASE_URL, CoreSettings, ModelSettings
 from .source import LocatedYaml, load_yaml
 from .validation import validate
 
@@ -79,12 +79,33 @@ def _catalogue_errors(config: Config) -> list[ConfigError]:
             problem = template_error(model.upstream_model, stars)
             if problem:
                 errors.append(config.error((*path, "upstream_model"), problem))
+        errors += _deployment_errors(config, name, model, pattern)
         for i, fallback in enumerate(model.fallbacks):
             if is_pattern(fallback):
                 errors.append(config.error((*path, "fallbacks", i), f"{fallback!r} is a pattern; a fallback "
                                            "names one model"))
             elif config.catalogue_name(fallback) is None:
                 errors.append(config.error((*path, "fallbacks", i), f"unknown model {fallback!r}"))
+    return errors
+
+
+def _deployment_errors(config: Config, name: str, model: ModelSettings, pattern: bool) -> list[ConfigError]:
+    """Each deployment on a known upstream, under a name of its own within the entry."""
+    errors: list[ConfigError] = []
+    seen: dict[str, int] = {}
+    stars = Pattern.compile(name, 0).stars if pattern else None
+    for i, deployment in enumerate(model.deployments):
+        path = ("models", name, "deployments", i)
+        if deployment.upstream not in config.upstreams:
+            errors.append(config.error((*path, "upstream"), f"unknown upstream {deployment.upstream!r}"
+                                       f" (known: {', '.join(config.upstreams)})"))
+        if deployment.key in seen:
+            errors.append(config.error((*path, "name" if deployment.name else "upstream"),
+                                       f"deployments.{seen[deployment.key]} is already called {deployment.key!r}; "
+                                       "give each deployment a name of its own"))
+        seen.setdefault(deployment.key, i)
+        if deployment.upstream_model is not None and (problem := template_error(deployment.upstream_model, stars)):
+            errors.append(config.error((*path, "upstream_model"), problem))
     return errors
 
 

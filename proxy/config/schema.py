@@ -147,20 +147,96 @@ class Price(Settings):
                 + usage.completion_tokens * self.output) / 1_000_000
 
 
+#: Names of deployments (and of other things sent in headers and used as metric labels).
+DEPLOYMENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+
+
+class DeploymentLimits(Settings):
+    """What the provider allows one deployment (its key on its model), as the provider states it.
+
+    The catalogue only records them; the rate limiter enforces them (and learns the provider's
+    own figures from its ``x-ratelimit-*`` headers, never going above these).
+    """
+
+    requests_per_minute: PositiveFloat | None = None
+    tokens_per_minute: PositiveInt | None = None
+    max_concurrent: PositiveInt | None = None
+
+
+class DeploymentSettings(Settings):
+    """One deployment of a catalogue model: an upstream (its own base URL and key) and the model id
+    the provider knows it by, with the provider's limits for it, a weight and, if it differs from
+    the entry's, a price.
+
+    ``name`` defaults to the upstream's name; it is unique within the entry, and is sent in
+    ``x-floodgate-deployment``, recorded in the ledger and used as a metric label.
+    ``adaptive: true`` lets the rate limiter find the deployment's real concurrency below
+    ``limits.max_concurrent`` (which it then needs: the most it will try).
+    """
+
+    name: str | None = Field(None, pattern=DEPLOYMENT_NAME)
+    upstream: str
+    upstream_model: str | None = None
+    weight: PositiveFloat = 1.0
+    price: Price | None = None  # left out: the entry's price; ``null``: unpriced
+    limits: DeploymentLimits = DeploymentLimits()
+    adaptive: bool = False
+
+    @property
+    def key(self) -> str:
+        """Its name within the entry (the upstream's name unless it has one of its own)."""
+        return self.name or self.upstream
+
+    @model_validator(mode="after")
+    def _adaptive_bound(self) -> DeploymentSettings:
+        if self.adaptive and self.limits.max_concurrent is None:
+            raise ValueError("adaptive: true needs limits.max_concurrent (the most requests in flight it may try)")
+        return self
+
+
 class ModelSettings(Settings):
     """One catalogue entry: an exact model name, or a pattern (``gpt-*``) serving every name it
     matches (see :mod:`proxy.config.patterns`).
 
     ``price: null`` marks the entry unpriced (its usage is recorded, its cost unknown); a
     pattern entry must say which (a price, or ``null``), an exact one defaults to zero.
+
+    An entry is served by one ``upstream``, or by several ``deployments`` (the same model on
+    several provider keys, accounts or regions); ``upstream`` is then its first deployment's.
     """
 
     upstream: str
     upstream_model: str | None = None
+    deployments: list[DeploymentSettings] = []
     timeouts: TimeoutOverrides = TimeoutOverrides()
     price: Price | None = Price()
     fallbacks: list[str] = []
     kind: Literal["chat", "embedding", "completion"] = "chat"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_way_to_serve(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("deployments"):
+            return data
+        if "upstream" in data:
+            raise ValueError("give either upstream (one deployment) or deployments, not both")
+        first = data["deployments"][0] if isinstance(data["deployments"], list) else None
+        if isinstance(first, dict) and isinstance(first.get("upstream"), str):
+            return {**data, "upstream": first["upstream"]}
+        return data
+
+    def deployment(self, name: str | None) -> DeploymentSettings | None:
+        """The deployment called ``name`` (``None``: an entry without deployments)."""
+        if name is None:
+            return None
+        return next((d for d in self.deployments if d.key == name), None)
+
+    def price_of(self, deployment: str | None) -> Price | None:
+        """The price of a deployment: its own when it sets one, else the entry's."""
+        found = self.deployment(deployment)
+        if found is not None and "price" in found.model_fields_set:
+            return found.price
+        return self.price
 
 
 class PluginsSection(Settings):

@@ -7,6 +7,7 @@ import asyncio
 import signal
 from typing import Any
 
+from .quota import Quota
 from .server import MockUpstream
 from .settings import _BEHAVIOUR_FIELDS, DEFAULT_MODELS, MockSettings, ModelBehaviour, _coerce
 
@@ -33,6 +34,27 @@ def parse_fault(spec: str) -> tuple[str, dict[str, Any]]:
     return model, values
 
 
+def parse_quota(spec: str) -> tuple[str, Quota]:
+    """Parse ``[KEY:]key=value[,key=value...]`` (argparse ``type=`` for ``--quota``; no KEY: every key)."""
+    key, sep, pairs = spec.rpartition(":")
+    key = key if sep else "*"
+    values: dict[str, float] = {}
+    try:
+        for pair in pairs.split(","):
+            name, eq, raw = pair.partition("=")
+            name = name.strip()
+            if not eq or name not in Quota.__dataclass_fields__:
+                raise ValueError(f"expected key=value with a key of {', '.join(Quota.__dataclass_fields__)}, "
+                                 f"got {pair!r}")
+            values[name] = float(raw)
+        quota = Quota(**values)  # type: ignore[arg-type]
+        if quota.capacity is not None:
+            quota.capacity = int(quota.capacity)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{spec!r}: {exc}") from None
+    return key or "*", quota
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``floodgate mock-upstream`` options to ``parser``."""
     d = MockSettings()
@@ -56,6 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fault", action="append", type=parse_fault, default=[], metavar="MODEL:K=V[,K=V]",
         help="per-model behaviour, repeatable; keys: " + ", ".join(sorted(_BEHAVIOUR_FIELDS))
         + " (e.g. deepseek-v3.2:error_rate=0.3,error_status=503 or gpt-4.1:hang=true)")
+    parser.add_argument(
+        "--quota", action="append", type=parse_quota, default=[], metavar="[KEY:]K=V[,K=V]",
+        help="behave like a provider under quota for API key KEY (default: every key), repeatable; keys: "
+        + ", ".join(Quota.__dataclass_fields__) + " (e.g. requests_per_minute=600,tokens_per_minute=200000,"
+        "capacity=20,load_latency_ms=5)")
 
 
 def settings_from_args(args: argparse.Namespace) -> MockSettings:
@@ -63,7 +90,7 @@ def settings_from_args(args: argparse.Namespace) -> MockSettings:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     settings = MockSettings(models=models, tokens_per_second=args.tps,
                             completion_tokens=args.completion_tokens, api_key=args.api_key,
-                            seed=args.seed)
+                            seed=args.seed, quotas=dict(getattr(args, "quota", [])))
     timing = {"latency_ms": args.latency_ms, "jitter_ms": args.jitter_ms}
     if args.latency_ms or args.jitter_ms:
         settings.behaviours = {m: ModelBehaviour(**timing) for m in models}

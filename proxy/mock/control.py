@@ -8,11 +8,30 @@ import orjson
 from aiohttp import web
 
 from .faults import _error, _json
+from .quota import Quota
 from .settings import STATE_KEY
 
 
 async def _ctl_stats(request: web.Request) -> web.Response:
-    return _json(request.app[STATE_KEY].stats.to_dict())
+    state = request.app[STATE_KEY]
+    return _json({**state.stats.to_dict(), "quotas": {k: q.stats() for k, q in state.key_quotas.items()}})
+
+
+async def _ctl_quota(request: web.Request) -> web.Response:
+    """``{"key": "*", "requests_per_minute": 600, ...}`` puts a key under quota; no limits: removes it."""
+    state = request.app[STATE_KEY]
+    try:
+        values = orjson.loads(await request.read())
+        if not isinstance(values, dict) or not isinstance(key := values.pop("key", None), str):
+            raise ValueError('expected a JSON object with a string "key"')
+        if values:
+            state.settings.quotas[key] = Quota(**values)
+        else:
+            state.settings.quotas.pop(key, None)
+        state.key_quotas.pop(key, None)
+    except (ValueError, TypeError) as exc:
+        raise _error(400, str(exc)) from None
+    return _json({"key": key, **(state.settings.quotas[key].to_dict() if key in state.settings.quotas else {})})
 
 
 async def _ctl_reset(request: web.Request) -> web.Response:

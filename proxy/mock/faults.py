@@ -13,7 +13,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .quota import KeyQuota
 from .settings import _NO_FAULTS, STATE_KEY, ModelBehaviour, _State
+from .tokens import _input_tokens, _messages_tokens
+
+#: The quota a request holds a place in (released when its handler ends), and its headers.
+QUOTA = web.RequestKey("floodgate_mock_quota", KeyQuota)
+QUOTA_HEADERS = web.RequestKey("floodgate_mock_quota_headers", dict)
 
 _HANG_CAP_S = 3600.0
 _HTML_503 = ("<html><body><h1>503 Service Temporarily Unavailable</h1>"
@@ -73,7 +79,8 @@ async def _prologue(request: web.Request, state: _State) -> dict[str, Any]:
         raw = b"!"  # marks "had a body but it was not JSON"
     state.stats.record(request.path, request.headers.copy(), body)
     key = state.settings.api_key
-    if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
+    presented = request.headers.get("Authorization", "")
+    if key is not None and presented != f"Bearer {key}" and presented[7:] not in state.settings.quotas:
         raise _error(401, "Incorrect API key provided (floodgate mock).",
                      code="invalid_api_key")
     if raw and not isinstance(body, dict):
@@ -97,10 +104,11 @@ async def _begin(request: web.Request, *, stream_ok: bool = True
         raise _error(400, "Unrecognized request argument supplied: stream_options",
                      param="stream_options")
     b = settings.behaviours.get(model, _NO_FAULTS)
+    extra = _take_quota(request, state, body, model, b)
     if b.hang:
         await _hang(request)
         raise _Reply(web.Response(status=499))  # client is gone; nobody reads this
-    delay = b.latency_ms + (state.rng.uniform(0.0, b.jitter_ms) if b.jitter_ms > 0 else 0.0)
+    delay = b.latency_ms + extra + (state.rng.uniform(0.0, b.jitter_ms) if b.jitter_ms > 0 else 0.0)
     if delay > 0:
         await asyncio.sleep(delay / 1000.0)
     if b.fail_first > b._failed:
@@ -109,3 +117,24 @@ async def _begin(request: web.Request, *, stream_ok: bool = True
     if b.error_rate > 0 and state.rng.random() < b.error_rate:
         raise _fault_reply(model, b)
     return state, body, model, b
+
+
+def _take_quota(request: web.Request, state: _State, body: dict[str, Any], model: str,
+                b: ModelBehaviour) -> float:
+    """Admit the request under its key's quota (429 past it); the extra latency (ms) its load adds."""
+    presented = request.headers.get("Authorization", "")
+    quota = state.quota_for(presented[7:] if presented.startswith("Bearer ") else None)
+    if quota is None:
+        return 0.0
+    prompt = _messages_tokens(body["messages"]) if isinstance(body.get("messages"), list) else \
+        sum(_input_tokens(body.get("input", body.get("prompt", ""))))
+    answer = b.completion_tokens if b.completion_tokens is not None else state.settings.completion_tokens
+    limits = [v for k in ("max_tokens", "max_completion_tokens", "max_output_tokens")
+              if isinstance(v := body.get(k), int) and v >= 0]
+    wait, headers = quota.admit(prompt + min([answer, *limits]))
+    if wait is not None:
+        raise _error(429, f"Rate limit reached for {model} (floodgate mock): please try again in "
+                     f"{wait:.2f}s.", "requests", code="rate_limit_exceeded", headers=headers)
+    request[QUOTA] = quota
+    request[QUOTA_HEADERS] = headers
+    return quota.extra_latency() * 1000.0

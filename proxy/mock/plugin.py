@@ -10,6 +10,7 @@ from proxy.config import MOCK_BASE_URL, Config, UpstreamSettings, is_pattern
 from proxy.hookspecs import hookimpl
 
 from .cli import add_arguments, run
+from .quota import Quota
 from .server import MockUpstream
 from .settings import DEFAULT_MODELS, MockSettings, ModelBehaviour
 
@@ -37,6 +38,17 @@ class _BehaviourBlock(BaseModel):
     cached_tokens: int = Field(0, ge=0)
 
 
+class _QuotaBlock(BaseModel):
+    """``upstreams.<name>.mock.quota``: the mock behaves like a provider under quota (:mod:`.quota`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)
+    capacity: int | None = Field(None, gt=0)
+    load_latency_ms: float = Field(0.0, ge=0)
+    overload_retry_after: float = Field(1.0, ge=0)
+
+
 class _MockBlock(BaseModel):
     """``upstreams.<name>.mock``: options of a ``base_url: builtin:mock`` upstream."""
 
@@ -45,6 +57,7 @@ class _MockBlock(BaseModel):
     completion_tokens: int = Field(16, gt=0)
     seed: int | None = None
     behaviours: dict[str, _BehaviourBlock] = {}
+    quota: _QuotaBlock | None = None
 
 
 class MockPlugin:
@@ -89,7 +102,8 @@ class MockPlugin:
             models=self.models or list(DEFAULT_MODELS), tokens_per_second=block.tokens_per_second,
             completion_tokens=block.completion_tokens, seed=block.seed,
             behaviours={m: ModelBehaviour(**b.model_dump()) for m, b in block.behaviours.items()},
-            api_key=settings.api_key.get_secret_value() if settings.api_key is not None else None))
+            api_key=settings.api_key.get_secret_value() if settings.api_key is not None else None,
+            quotas={"*": Quota(**block.quota.model_dump())} if block.quota is not None else {}))
         await mock.start()
         self.mocks.append(mock)
         print(f"floodgate: built-in mock upstream at {mock.url}", flush=True)

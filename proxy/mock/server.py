@@ -7,9 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
-from .control import _ctl_behaviour, _ctl_reset, _ctl_stats
+from .control import _ctl_behaviour, _ctl_quota, _ctl_reset, _ctl_stats
 from .endpoints import _chat, _completions, _embeddings, _get_model, _list_models, _not_found, _responses
-from .faults import _Reply
+from .faults import QUOTA, QUOTA_HEADERS, _Reply
 from .settings import STATE_KEY, MockSettings, MockStats, _State
 
 
@@ -26,6 +26,16 @@ async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     finally:
         if task is not None:
             tasks.discard(task)
+        quota = request.get(QUOTA)
+        if quota is not None:
+            quota.done()
+
+
+async def _quota_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The provider's ``x-ratelimit-*`` headers on every answer under quota (streams included)."""
+    headers = request.get(QUOTA_HEADERS)
+    if headers:
+        response.headers.update(headers)
 
 
 async def _cancel_in_flight(app: web.Application) -> None:
@@ -41,10 +51,12 @@ def create_mock_app(settings: MockSettings | None = None) -> web.Application:
     app = web.Application(middlewares=[_middleware], client_max_size=64 * 1024 * 1024)
     app[STATE_KEY] = _State(settings if settings is not None else MockSettings())
     app.on_shutdown.append(_cancel_in_flight)
+    app.on_response_prepare.append(_quota_headers)
     r = app.router
     r.add_get("/_mock/stats", _ctl_stats)
     r.add_post("/_mock/behaviour", _ctl_behaviour)
     r.add_post("/_mock/reset", _ctl_reset)
+    r.add_post("/_mock/quota", _ctl_quota)
     for prefix in ("/v1", ""):
         r.add_get(f"{prefix}/models", _list_models)
         r.add_get(prefix + "/models/{model_id:.+}", _get_model)
@@ -107,5 +119,20 @@ class MockUpstream:
         self._state.set_behaviour(model, values)
 
     def reset(self) -> None:
-        """Clear stats and fail_first counters, and reseed the RNG."""
+        """Clear stats, quota state and fail_first counters, and reseed the RNG."""
         self._state.reset()
+
+    def set_quota(self, key: str, **values: Any) -> None:
+        """Put API key ``key`` (``"*"``: every other key) under a provider quota (fields of
+        :class:`~.quota.Quota`); no values: remove it."""
+        from .quota import Quota
+
+        if values:
+            self.settings.quotas[key] = Quota(**values)
+        else:
+            self.settings.quotas.pop(key, None)
+        self._state.key_quotas.pop(key, None)
+
+    def quota_stats(self) -> dict[str, dict[str, object]]:
+        """Each key's quota state: in flight (and most ever), admitted, throttled, its limits."""
+        return {key: quota.stats() for key, quota in self._state.key_quotas.items()}

@@ -15,6 +15,8 @@ from typing import Any, NamedTuple, get_args, get_type_hints
 
 from aiohttp import web
 
+from .quota import KeyQuota, Quota
+
 DEFAULT_MODELS = ["deepseek-v3.2", "gemini-2.5-flash", "gpt-4.1", "claude-sonnet-4.5",
                   "text-embedding-3-small"]
 
@@ -77,6 +79,9 @@ class MockSettings:
     behaviours: dict[str, ModelBehaviour] = field(default_factory=dict)
     seed: int | None = None  # seeds the RNG used for error_rate and jitter
     embedding_dimensions: int = 8
+    # Provider quotas by API key ("*": every key without one of its own); their keys are accepted
+    # besides api_key (two "provider keys" on one mock). See :mod:`.quota`.
+    quotas: dict[str, Quota] = field(default_factory=dict)
 
 
 class RecordedRequest(NamedTuple):
@@ -130,9 +135,25 @@ class _State:
         self.stats = MockStats()
         self.rng = random.Random(settings.seed)
         self.tasks: set[asyncio.Task[Any]] = set()  # in-flight API handlers, cancelled on stop
+        self.key_quotas: dict[str, KeyQuota] = {}  # live quota state by key (made on first use)
+
+    def quota_for(self, key: str | None) -> KeyQuota | None:
+        """The live quota of the key a request presented (its own, else ``"*"``'s)."""
+        quotas = self.settings.quotas
+        if not quotas:
+            return None
+        name = key if key in quotas else "*"
+        quota = quotas.get(name)
+        if quota is None:
+            return None
+        live = self.key_quotas.get(name)
+        if live is None or live.quota is not quota:
+            live = self.key_quotas[name] = KeyQuota(quota)
+        return live
 
     def reset(self) -> None:
         self.stats.reset()
+        self.key_quotas.clear()
         self.rng.seed(self.settings.seed)
         for behaviour in self.settings.behaviours.values():
             behaviour._failed = 0

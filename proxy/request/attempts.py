@@ -29,7 +29,14 @@ from aiohttp import ClientResponse, web
 from ..config import AttemptTimeouts, Config
 from ..errors import Rejection
 from ..hooks import Hooks
-from ..hookspecs import proxy_hedge, proxy_overloaded, proxy_response, proxy_stream_chunk
+from ..hookspecs import (
+    proxy_attempt_result,
+    proxy_attempt_started,
+    proxy_hedge,
+    proxy_overloaded,
+    proxy_response,
+    proxy_stream_chunk,
+)
 from ..types import Attempt, AttemptRecord, RequestContext, Target, Usage
 from ..upstream import UpstreamError, Upstreams, forwardable_headers
 from .respond import complete, read_answer, set_route_headers
@@ -49,6 +56,8 @@ def record_failure(ctx: RequestContext, record: AttemptRecord, exc: UpstreamErro
     record.status = exc.status
     record.detail = exc.detail
     record.retry_after = exc.retry_after
+    if exc.headers is not None:
+        record.upstream_headers = exc.headers
     ctx.timings.upstream += record.duration
     log.debug("request %s attempt %d on %s failed: %s", ctx.request_id, len(ctx.attempts),
               record.target.model, exc.detail)
@@ -88,6 +97,8 @@ class AttemptRunner:
         self._chunk_hook = hooks.implemented(proxy_stream_chunk)
         self._hedge_hook = hooks.implemented(proxy_hedge)
         self._overload_hook = hooks.implemented(proxy_overloaded)
+        self._result_hook = hooks.implemented(proxy_attempt_result)
+        self._started_hook = hooks.implemented(proxy_attempt_started)
 
     def upstream_body(self, ctx: RequestContext, target: Target) -> tuple[bytes, bool]:
         """The bytes to send for ``target``; untouched unless something must change.
@@ -144,10 +155,11 @@ class AttemptRunner:
         raise Rejection(503, "no upstream is available for this model right now", code="no_upstream_available",
                         type="server_error")
 
-    @staticmethod
-    def _start(ctx: RequestContext, attempt: Attempt) -> AttemptRecord:
+    def _start(self, ctx: RequestContext, attempt: Attempt) -> AttemptRecord:
         record = AttemptRecord(attempt.target, started=time.perf_counter())
         ctx.attempts.append(record)
+        if self._started_hook:
+            self.hooks.attempt_started(ctx, record)
         return record
 
     async def _prepare(self, ctx: RequestContext, record: AttemptRecord, attempt: Attempt,
@@ -163,6 +175,7 @@ class AttemptRunner:
             upstream = await self.upstreams.open(target.upstream, "POST", ctx.endpoint, body=body,
                                                  headers=forward, timeouts=timeouts, first_byte_deadline=first_byte)
             record.status = upstream.status
+            record.upstream_headers = upstream.headers
             ready = Prepared(record, upstream, timeouts, sent + timeouts.total)
             if ctx.stream:
                 hooks = self.hooks
@@ -176,8 +189,12 @@ class AttemptRunner:
                 record.ended = time.perf_counter()
         except UpstreamError as exc:
             record_failure(ctx, record, exc)
+            if self._result_hook:
+                self.hooks.attempt_result(ctx, record)
             raise
         record.first_event = time.perf_counter()
+        if self._result_hook:
+            self.hooks.attempt_result(ctx, record)
         return ready
 
     async def _commit(self, request: web.Request, ctx: RequestContext, ready: Prepared) -> web.StreamResponse:

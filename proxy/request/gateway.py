@@ -31,7 +31,7 @@ from .attempts import AttemptRunner
 from .models import ModelList, serve_models
 from .parse import parse_model_request
 from .passthrough import Passthrough
-from .respond import render_reply
+from .respond import render_reply, set_degraded_header
 
 log = logging.getLogger("floodgate")
 
@@ -166,6 +166,7 @@ class Gateway:
     def _reject(self, ctx: RequestContext, rejection: Rejection) -> web.Response:
         ctx.status = rejection.status
         ctx.error = rejection.code or rejection.type
+        set_degraded_header(ctx)  # a request shed under overload says so
         response = error_response(rejection, ctx.request_id)
         for key, value in ctx.response_headers.items():
             response.headers.setdefault(key, value)

@@ -24,12 +24,22 @@ if TYPE_CHECKING:
 
 
 def set_route_headers(ctx: RequestContext, target: Target) -> None:
-    """``x-floodgate-model``, ``-route`` and ``-attempts`` of the attempt that answered."""
+    """``x-floodgate-model``, ``-deployment``, ``-route`` and ``-attempts`` of the attempt that
+    answered, and ``-degraded`` when an overload step changed how it was served."""
     headers = ctx.response_headers
     headers["x-floodgate-model"] = target.model
+    if target.deployment is not None:
+        headers["x-floodgate-deployment"] = target.deployment
     if ctx.route is not None:
         headers["x-floodgate-route"] = ctx.route.name
     headers["x-floodgate-attempts"] = str(len(ctx.attempts))
+    set_degraded_header(ctx)
+
+
+def set_degraded_header(ctx: RequestContext) -> None:
+    """``x-floodgate-degraded: <step>[, <step>...]`` when overload steps served the request."""
+    if ctx.degraded:
+        ctx.response_headers["x-floodgate-degraded"] = ", ".join(ctx.degraded)
 
 
 async def read_answer(upstream: aiohttp.ClientResponse, record: AttemptRecord,
@@ -92,6 +102,7 @@ def render_reply(ctx: RequestContext, reply: Reply) -> web.Response:
         ctx.usage_estimated = True
     ctx.usage = usage
     ctx.status = 200
+    set_degraded_header(ctx)
     headers = {"x-request-id": ctx.request_id, "x-floodgate-short-circuit": reply.source,
                **ctx.response_headers, **reply.headers}
     ctx.timings.first_byte = time.perf_counter()

@@ -40,7 +40,8 @@ def mock_config(
     """A config dict with one upstream ``main`` at ``upstream_url`` and the mock catalogue."""
     catalogue: dict[str, Any] = copy.deepcopy(dict(models if models is not None else MOCK_MODELS))
     for entry in catalogue.values():
-        entry.setdefault("upstream", "main")
+        if not entry.get("deployments"):  # deployments name their own upstreams
+            entry.setdefault("upstream", "main")
     main: dict[str, Any] = {"base_url": upstream_url, "timeouts": {"connect": 2, "first_byte": 5, "total": 30}}
     if api_key is not None:
         main["api_key"] = api_key

@@ -156,4 +156,5 @@ class Upstreams:
         detail = f"upstream {upstream!r} returned HTTP {response.status} ({kind_of_body})"
         if message:
             detail += f": {message}"
-        raise UpstreamError("http", detail, status=response.status, retry_after=retry_after, body=relay)
+        raise UpstreamError("http", detail, status=response.status, retry_after=retry_after, body=relay,
+                            headers=response.headers)

@@ -21,16 +21,20 @@ class UpstreamError(Exception):
         request answered without an SSE stream — deterministic, so repeating the
         same request to the same upstream cannot help.
     :param body: for ``"http"``, the upstream's body when it was an OpenAI-shaped error.
+    :param headers: the upstream's response headers, when a response came (its rate-limit
+        headers say what the provider allows; never relayed to the client).
     """
 
     def __init__(self, kind: str, detail: str, *, status: int | None = None,
-                 retry_after: float | None = None, body: bytes | None = None) -> None:
+                 retry_after: float | None = None, body: bytes | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
         self.status = status
         self.retry_after = retry_after
         self.body = body
+        self.headers = headers
 
     def to_rejection(self) -> Rejection:
         """The error the client sees when this was the last try."""

@@ -35,7 +35,7 @@ def test_the_core_imports_no_tool() -> None:
     code = textwrap.dedent("""
         import importlib, pkgutil, sys
         import proxy
-        TOOLS = {"mock", "loadtest", "demo", "testing"}
+        TOOLS = {"mock", "loadtest", "demo", "testing", "top"}
         for info in pkgutil.iter_modules(proxy.__path__):
             if info.name not in TOOLS and info.name != "__main__":
                 importlib.import_module(f"proxy.{info.name}")

@@ -57,5 +57,5 @@ async def test_breakers_are_per_model_and_bounded_with_metrics_per_pattern():
         assert h.metric("floodgate_retry_breaker_transitions_total", model="gpt-*", to="open") == 1
         assert h.metric("floodgate_retry_breaker_transitions_total", model="gpt-5", to="open") == 0
         for i in range(3000):  # client-chosen names: the breakers stay bounded
-            plugin._breaker(f"gpt-x{i}")
+            plugin.health.get(h.config.target(f"gpt-x{i}"))
         assert len(plugin.breakers) <= 1024 + len(MODELS) and "gpt-5" in plugin.breakers

@@ -45,13 +45,15 @@ CREATE TABLE IF NOT EXISTS usage (
     request_bytes     BIGINT NOT NULL DEFAULT 0,
     response_bytes    BIGINT NOT NULL DEFAULT 0,
     unpriced          SMALLINT NOT NULL DEFAULT 0,
-    hedged            SMALLINT NOT NULL DEFAULT 0
+    hedged            SMALLINT NOT NULL DEFAULT 0,
+    deployment        TEXT,
+    degraded          TEXT
 )"""
 
 #: Columns added since the first schema (``ADD COLUMN IF NOT EXISTS``: tables made by older versions).
 _ADDED = ("row_id TEXT", "kind TEXT", "method TEXT", "request_bytes BIGINT NOT NULL DEFAULT 0",
           "response_bytes BIGINT NOT NULL DEFAULT 0", "unpriced SMALLINT NOT NULL DEFAULT 0",
-          "hedged SMALLINT NOT NULL DEFAULT 0")
+          "hedged SMALLINT NOT NULL DEFAULT 0", "deployment TEXT", "degraded TEXT")
 
 _INSERT = (f"INSERT INTO usage ({', '.join(COLUMNS)}) "
            f"VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))}) "

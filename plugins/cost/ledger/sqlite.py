@@ -49,7 +49,9 @@ CREATE TABLE IF NOT EXISTS usage (
     request_bytes     INTEGER NOT NULL DEFAULT 0,
     response_bytes    INTEGER NOT NULL DEFAULT 0,
     unpriced          INTEGER NOT NULL DEFAULT 0, -- 1: the upstream was used but the cost is unknown
-    hedged            INTEGER NOT NULL DEFAULT 0  -- 1: an attempt that lost a hedged race
+    hedged            INTEGER NOT NULL DEFAULT 0, -- 1: an attempt that lost a hedged race
+    deployment        TEXT,              -- the deployment of model that served (NULL: none declared)
+    degraded          TEXT               -- overload steps that served it, comma-separated (NULL: none)
 )"""
 
 #: Columns added since the first schema, with their definitions: existing files are migrated in place.
@@ -57,6 +59,7 @@ ADDED_COLUMNS = {
     "row_id": "TEXT", "kind": "TEXT", "method": "TEXT",
     "request_bytes": "INTEGER NOT NULL DEFAULT 0", "response_bytes": "INTEGER NOT NULL DEFAULT 0",
     "unpriced": "INTEGER NOT NULL DEFAULT 0", "hedged": "INTEGER NOT NULL DEFAULT 0",
+    "deployment": "TEXT", "degraded": "TEXT",
 }
 
 _INDEXES = ("CREATE UNIQUE INDEX IF NOT EXISTS usage_row_id ON usage (row_id)",

@@ -32,6 +32,19 @@ async def pg_schema() -> AsyncIterator[str]:
         await conn.close()
 
 
+async def old_table(schema: str, ddl: str) -> None:
+    """Create ``schema`` and in it a ``usage`` table as an older version made it (``ddl``: SQLite's text)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(f'SET search_path TO "{schema}"')
+        await conn.execute(ddl.replace("REAL", "DOUBLE PRECISION"))
+    finally:
+        await conn.close()
+
+
 def blocking_client() -> object:
     """A client whose callers wait for a free connection (as a gateway's must) instead of failing."""
     import redis.asyncio as redis

@@ -237,7 +237,7 @@ class Catalogue:
 
     models = {"priced": None, "free-text": None}
 
-    def price(self, name: str) -> proxy.Price | None:
+    def price(self, name: str, deployment: str | None = None) -> proxy.Price | None:
         return proxy.Price(input=1.0, output=2.0) if name == "priced" else None
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from conftest import PG_DSN
+from conftest import PG_DSN, old_table
 from costkit import cost_config, usage_cli
 
 import proxy
@@ -205,13 +205,7 @@ async def test_postgresql_ledger_stores_idempotently_and_summarises(pg_schema, t
 
 
 async def test_postgresql_tables_of_the_first_schema_are_migrated(pg_schema, tmp_path):
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(f'CREATE SCHEMA "{pg_schema}"')
-        await conn.execute(f'SET search_path TO "{pg_schema}"')
-        await conn.execute(OLD_SCHEMA.replace("REAL", "DOUBLE PRECISION"))
-    finally:
-        await conn.close()
+    await old_table(pg_schema, OLD_SCHEMA)
     ledger = Ledger(PostgresBackend(PG_DSN, pg_schema), None)
     await ledger.open()
     ledger.append(row(1, cost=0.25))
