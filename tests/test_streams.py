@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import statistics
 import time
 from typing import Any
@@ -209,6 +210,7 @@ async def test_hedging_cuts_the_tail(floodgate, mock_upstream):
         assert first is not None
         return first
 
+    gc.collect()  # as `floodgate serve` does after start-up: no full collection stalls the timed streams
     times = sorted(await asyncio.gather(*(ttft() for _ in range(40))))
     p99 = times[-1]  # 40 samples: the 99th percentile is the slowest
     assert p99 < 2 * statistics.median(times)

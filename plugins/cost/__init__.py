@@ -35,6 +35,8 @@ Parts:
 * :mod:`.pricing` — the cost of a request and the most it may cost;
 * :mod:`.budgets` — the budget rule, the store protocol and the in-process store;
 * :mod:`.redis_budgets` — the fleet-wide store on Redis;
+* :mod:`.fleet` — the budgets the shared state asks for (memory, or Redis with a local share
+  and a replay after an outage) and the ledgers shared across a reload, kept by the state;
 * :mod:`.rows` — one ledger row, its journal line;
 * :mod:`.ledger` — journal, SQLite and PostgreSQL backends, the background mover;
 * :mod:`.factory` — the ledger the settings describe;

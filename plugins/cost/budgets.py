@@ -70,7 +70,11 @@ class BudgetStore(Protocol):
 
     async def reserve(self, key: str, limits: Limits, amount: float, now: float) -> Verdict: ...
 
-    async def settle(self, key: str, reservation: Reservation | None, cost: float, now: float) -> None: ...
+    async def settle(self, key: str, reservation: Reservation | None, cost: float,
+                     now: float) -> tuple[float, float, float] | None:
+        """Release ``reservation`` and charge ``cost``; the key's (day, month, reserved) after it if
+        the store tells them with no extra cost, else ``None``."""
+        ...
 
     async def spent(self, key: str, now: float) -> tuple[float, float, float]:
         """(spent this day, spent this month, reserved now) of ``key``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import time
@@ -17,6 +18,7 @@ import proxy
 from .budgets import DAY, BudgetStore, Limits, MemoryBudgetStore, Reservation, Verdict
 from .endpoint import usage_endpoint
 from .factory import build_ledger
+from .fleet import FleetBudgets, LedgerPool, fleet_budgets, ledger_pool, memory_budgets
 from .ledger import Ledger
 from .pricing import Prices
 from .report import periods
@@ -37,7 +39,8 @@ class CostPlugin:
 
     :param clock: budget periods and ledger timestamps come from ``clock.wall()``.
     :param store: a fleet-wide :class:`~.budgets.BudgetStore` (e.g.
-        :class:`~.redis_budgets.RedisBudgetStore`); ``None`` keeps budgets in this process.
+        :class:`~.redis_budgets.RedisBudgetStore`) to use whatever the state says; ``None``:
+        chosen by the gateway's shared state (:mod:`.fleet`).
     """
 
     name = "cost"
@@ -47,7 +50,11 @@ class CostPlugin:
         self.settings = CostSettings()
         self.ledger: Ledger | None = None
         self.budgets = MemoryBudgetStore()
-        self.shared = store
+        self.shared: BudgetStore | FleetBudgets | None = store
+        self._chosen = store is None
+        self._ledgers = LedgerPool()
+        self._holds_ledger = False
+        self._settling: set[asyncio.Task[None]] = set()
         self.prices: Prices | None = None
         self._default = Limits(None, None)
         self._limits_seen: dict[str, Limits] = {}  # keys with a budget, for the gauges
@@ -58,8 +65,14 @@ class CostPlugin:
 
     # -- configuration -----------------------------------------------------------
     @proxy.hookimpl
-    def proxy_configure(self, config: proxy.Config, registry: CollectorRegistry) -> None:
+    def proxy_configure(self, config: proxy.Config, registry: CollectorRegistry, state: proxy.SharedState) -> None:
         self.settings = settings = config.plugin_settings(self.name, CostSettings)
+        if self._chosen:  # kept by the state: a reload keeps spending and reservations in flight
+            if state.backend == "redis":
+                self.shared = fleet_budgets(state)
+            else:
+                self.budgets = memory_budgets(state)
+        self._ledgers = ledger_pool(state)
         self.prices = Prices(config, settings.default_max_tokens)
         self._default = Limits(settings.default_budget.daily_usd, settings.default_budget.monthly_usd)
         self.ledger = build_ledger(config, settings.ledger)
@@ -74,18 +87,18 @@ class CostPlugin:
         self._unpriced = proxy.LabelCache(Counter(
             "floodgate_cost_unpriced", "Requests that used an upstream at a cost the gateway cannot know "
             "(passthrough, models without a price)", ["key", "kind"], registry=registry))
+        # Workers report the same (fleet-wide) figures: the most recent report is the value.
         self._remaining = proxy.LabelCache(Gauge(
             "floodgate_cost_budget_remaining_usd", "US dollars left in a key's budget for the current period",
-            ["key", "period"], registry=registry))
+            ["key", "period"], registry=registry, multiprocess_mode="livemostrecent"))
         self._reserved = proxy.LabelCache(Gauge(
             "floodgate_cost_budget_reserved_usd", "US dollars reserved by a key's requests in flight",
-            ["key"], registry=registry))
+            ["key"], registry=registry, multiprocess_mode="livemostrecent"))
         self._rejected = proxy.LabelCache(Counter(
             "floodgate_cost_budget_rejections", "Requests refused because a budget was used up",
             ["key", "period"], registry=registry))
-        pending = Gauge("floodgate_cost_ledger_pending_rows", "Ledger rows not yet stored in the database",
-                        registry=registry)
-        pending.set_function(lambda: self.ledger.pending if self.ledger is not None else 0)
+        self._pending = Gauge("floodgate_cost_ledger_pending_rows", "Ledger rows not yet stored in the database "
+                              "(sampled before each flush)", registry=registry, multiprocess_mode="livesum")
 
     @proxy.hookimpl
     def proxy_add_routes(self, app: web.Application) -> None:
@@ -106,7 +119,11 @@ class CostPlugin:
         """Open the ledger (storing orphaned journals first), then reload this period's spending."""
         if self.ledger is None:
             return
-        await self.ledger.open()
+        self.ledger, opened = await self._ledgers.acquire(self.ledger)  # a reload shares the open one
+        self._holds_ledger = True
+        self.ledger.observe = self._pending.set
+        if not opened:
+            return  # spending was loaded when it was opened, and budgets are kept since
         now = self.clock.wall()
         self.budgets.roll(now)
         spent = await self.ledger.spent(self.budgets.month_start, self.budgets.day_start)
@@ -117,8 +134,10 @@ class CostPlugin:
 
     @proxy.hookimpl
     async def proxy_shutdown(self, app: web.Application) -> None:
-        if self.ledger is not None:
-            await self.ledger.close()
+        await self.settled()
+        if self.ledger is not None and self._holds_ledger:
+            self._holds_ledger = False
+            await self._ledgers.release(self.ledger)  # the last configuration using it closes it
 
     # -- per request ---------------------------------------------------------------
     @proxy.hookimpl(tryfirst=True)  # refuse before waiting in a rate-limit queue
@@ -164,6 +183,8 @@ class CostPlugin:
         assert self.shared is not None
         try:
             verdict = await self.shared.reserve(key, limits, amount or 0.0, self.clock.wall())
+        except proxy.Rejection:
+            raise  # the shared state is unavailable under on_error: reject
         except Exception as exc:  # a security stage: fail closed
             log.error("budget store unavailable (%s): budgeted requests are refused", type(exc).__name__)
             raise proxy.Rejection(503, "The budget service is unavailable; please retry shortly.",
@@ -223,17 +244,30 @@ class CostPlugin:
                 self._estimated(target.model).inc()
         reservation: Reservation | None = ctx.state.pop(_STATE, None)
         if self.shared is not None:
-            return self._settle_shared(key, reservation, usd, now) if reservation is not None or usd else None
+            if reservation is not None or usd:  # in the background: the response is out, the row journaled
+                task = asyncio.get_running_loop().create_task(self._settle_shared(key, reservation, usd, now))
+                self._settling.add(task)
+                task.add_done_callback(self._settling.discard)
+            return None
         self.budgets.settle_now(key, reservation, usd, now)
         self._update_gauges(key, ctx.principal.policy, now)
         return None
 
+    async def settled(self) -> None:
+        """Wait for the settlements still on their way to the shared store."""
+        while self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+
     async def _settle_shared(self, key: str, reservation: Reservation | None, cost: float, now: float) -> None:
         assert self.shared is not None
         try:
-            await self.shared.settle(key, reservation, cost, now)
+            figures = await self.shared.settle(key, reservation, cost, now)
         except Exception as exc:  # an observer: fail open (the lease expires; the ledger has the row)
             log.error("budget store: settling a request of key %r failed (%s)", key, type(exc).__name__)
+            return
+        limits = self._limits_seen.get(key)
+        if figures is not None and limits is not None:  # the fleet's figures, from the same round trip
+            self._gauge(key, limits, *figures)
 
     # -- helpers ---------------------------------------------------------------------
     def _row(self, ctx: proxy.RequestContext, now: float, cost: float | None) -> Row:
@@ -321,8 +355,9 @@ class CostPlugin:
             self._set_remaining(key, now)
 
     def _set_remaining(self, key: str, now: float) -> None:
-        limits = self._limits_seen[key]
-        day, month, reserved = self.budgets.spent_now(key, now)
+        self._gauge(key, self._limits_seen[key], *self.budgets.spent_now(key, now))
+
+    def _gauge(self, key: str, limits: Limits, day: float, month: float, reserved: float) -> None:
         if limits.daily is not None:
             self._remaining(key, "day").set(max(0.0, limits.daily - day))
         if limits.monthly is not None:

@@ -2,7 +2,9 @@
 
 One atomic Lua script per admission (expire dead leases, read spent and reserved,
 apply the rule of :mod:`.budgets`, add the lease) and one per settlement (drop the
-lease, add the cost to the current day and month): one round trip each.
+lease, add the cost to the current day and month): one round trip each, and the
+admissions (settlements) a worker makes while its previous call is on its way go
+together in the next call.
 
 Keys, under ``prefix`` and a hash tag of the key name (one cluster slot per key)::
 
@@ -20,6 +22,7 @@ touch renews them), so Redis memory stays bounded whatever the number of keys.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import time
@@ -36,58 +39,117 @@ __all__ = ["GRACE", "RedisBudgetStore"]
 GRACE = 3600
 _NANO = 1_000_000_000
 
+# Each script serves a batch: the calls a worker made while its previous one was on its way, in
+# order, each on its own five keys (KEYS[5i+1..5i+5]). Time is Redis's (ms), read once.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
-if #dead > 0 then
-  local freed = 0
-  for _, id in ipairs(dead) do
-    freed = freed + (tonumber(redis.call('HGET', KEYS[4], id)) or 0)
-    redis.call('HDEL', KEYS[4], id)
+local ttl = tonumber(ARGV[1])
+local function reserve(k, amount, daily, monthly, lease)
+  local dead = redis.call('ZRANGEBYSCORE', KEYS[k + 3], '-inf', now)
+  if #dead > 0 then
+    local freed = 0
+    for _, id in ipairs(dead) do
+      freed = freed + (tonumber(redis.call('HGET', KEYS[k + 4], id)) or 0)
+      redis.call('HDEL', KEYS[k + 4], id)
+    end
+    redis.call('ZREMRANGEBYSCORE', KEYS[k + 3], '-inf', now)
+    redis.call('DECRBY', KEYS[k + 5], freed)
   end
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  redis.call('DECRBY', KEYS[5], freed)
-end
-local day = tonumber(redis.call('GET', KEYS[1]) or '0')
-local month = tonumber(redis.call('GET', KEYS[2]) or '0')
-local reserved = math.max(0, tonumber(redis.call('GET', KEYS[5]) or '0'))
-local amount = tonumber(ARGV[1])
-local caps = {{tonumber(ARGV[2]), day, 'day'}, {tonumber(ARGV[3]), month, 'month'}}
-for _, c in ipairs(caps) do
-  if c[1] >= 0 then
-    local used = c[2] + reserved
-    if used >= c[1] or used + amount > c[1] then
-      return {0, c[3], c[2], reserved}
+  local day = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
+  local month = tonumber(redis.call('GET', KEYS[k + 2]) or '0')
+  local reserved = math.max(0, tonumber(redis.call('GET', KEYS[k + 5]) or '0'))
+  for _, c in ipairs({{daily, day, 'day'}, {monthly, month, 'month'}}) do
+    if c[1] >= 0 then
+      local used = c[2] + reserved
+      if used >= c[1] or used + amount > c[1] then return {0, c[3], day, month, reserved} end
     end
   end
+  redis.call('ZADD', KEYS[k + 3], now + ttl, lease)
+  redis.call('HSET', KEYS[k + 4], lease, amount)
+  redis.call('INCRBY', KEYS[k + 5], amount)
+  for i = 3, 5 do redis.call('PEXPIRE', KEYS[k + i], ttl * 2) end
+  return {1, 'day', day, month, reserved}
 end
-local ttl = tonumber(ARGV[5])
-redis.call('ZADD', KEYS[3], now + ttl, ARGV[4])
-redis.call('HSET', KEYS[4], ARGV[4], amount)
-redis.call('INCRBY', KEYS[5], amount)
-for i = 3, 5 do redis.call('PEXPIRE', KEYS[i], ttl * 2) end
-return {1, 'day', day, reserved}
+local out = {}
+for i = 0, (#ARGV - 1) / 4 - 1 do
+  local a = 2 + i * 4
+  local r = reserve(i * 5, tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3])
+  for _, v in ipairs(r) do out[#out + 1] = v end
+end
+return out
 """
 
+# ARGV per settlement: lease ('' for none), cost, day expiry, month expiry, once ('1': a replay).
 _SETTLE = """
-if ARGV[1] ~= '' then
-  local amount = redis.call('HGET', KEYS[4], ARGV[1])
-  if amount then
-    redis.call('HDEL', KEYS[4], ARGV[1])
-    redis.call('ZREM', KEYS[3], ARGV[1])
-    redis.call('DECRBY', KEYS[5], amount)
+local function settle(k, lease, cost, day_expiry, month_expiry, once)
+  if lease ~= '' then
+    local amount = redis.call('HGET', KEYS[k + 4], lease)
+    if amount then
+      redis.call('HDEL', KEYS[k + 4], lease)
+      redis.call('ZREM', KEYS[k + 3], lease)
+      redis.call('DECRBY', KEYS[k + 5], amount)
+    elseif once then
+      cost = 0  -- a replay of a settlement that went through after all: charged once
+    end
   end
+  if cost > 0 then
+    redis.call('INCRBY', KEYS[k + 1], cost)
+    redis.call('EXPIREAT', KEYS[k + 1], day_expiry)
+    redis.call('INCRBY', KEYS[k + 2], cost)
+    redis.call('EXPIREAT', KEYS[k + 2], month_expiry)
+  end
+  return {redis.call('GET', KEYS[k + 1]) or '0', redis.call('GET', KEYS[k + 2]) or '0',
+          math.max(0, tonumber(redis.call('GET', KEYS[k + 5]) or '0'))}
 end
-local cost = tonumber(ARGV[2])
-if cost > 0 then
-  redis.call('INCRBY', KEYS[1], cost)
-  redis.call('EXPIREAT', KEYS[1], ARGV[3])
-  redis.call('INCRBY', KEYS[2], cost)
-  redis.call('EXPIREAT', KEYS[2], ARGV[4])
+local out = {}
+for i = 0, #ARGV / 5 - 1 do
+  local a = 1 + i * 5
+  local r = settle(i * 5, ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3], ARGV[a + 4] == '1')
+  for _, v in ipairs(r) do out[#out + 1] = v end
 end
-return 1
+return out
 """
+
+
+class _Coalesced:
+    """One script call on its way at a time; the calls made meanwhile go together in the next
+    (one round trip for all: a busy worker pays less per request, an idle one waits no longer)."""
+
+    def __init__(self, script: Any, head: list[Any], keys: int) -> None:
+        self._script = script
+        self._head = head  # leading arguments of every call
+        self._keys = keys  # keys per item
+        self._queue: list[tuple[list[str], list[Any], asyncio.Future[list[Any]]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def call(self, keys: list[str], args: list[Any]) -> asyncio.Future[list[Any]]:
+        """This item's share of the reply (an awaitable)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._queue.append((keys, args, future))
+        if self._task is None:
+            self._task = loop.create_task(self._run())
+        return future
+
+    async def _run(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    reply = await self._script(keys=[k for keys, _, _ in batch for k in keys],
+                                               args=[*self._head, *(a for _, args, _ in batch for a in args)])
+                except Exception as exc:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                width = len(reply) // len(batch)
+                for i, (_, _, future) in enumerate(batch):
+                    if not future.done():
+                        future.set_result(reply[i * width:(i + 1) * width])
+        finally:
+            self._task = None
 
 
 class RedisBudgetStore:
@@ -104,8 +166,11 @@ class RedisBudgetStore:
         self.redis = redis
         self.prefix = prefix
         self.lease_ttl_ms = int(lease_ttl * 1000)
-        self._reserve = redis.register_script(_RESERVE)
-        self._settle = redis.register_script(_SETTLE)
+        self._reserve = _Coalesced(redis.register_script(_RESERVE), [self.lease_ttl_ms], 5)
+        self._settle = _Coalesced(redis.register_script(_SETTLE), [], 5)
+        #: Per key, the fleet's (day, month, reserved) in US dollars as the last reply said: what a
+        #: worker's local share starts from while Redis is unreachable, and the budget gauges.
+        self.seen: dict[str, tuple[float, float, float]] = {}
 
     def keys(self, key: str, now: float) -> tuple[list[str], int, int]:
         """The five keys of ``key`` in the periods containing ``now``, and when the two spending keys expire."""
@@ -120,18 +185,39 @@ class RedisBudgetStore:
         names, _, _ = self.keys(key, now)
         lease = os.urandom(8).hex()
         nano = math.ceil(round(amount * _NANO, 3))  # up, but not for float noise (1.23e-4 -> 123000)
-        result: list[Any] = await self._reserve(keys=names, args=[
-            nano, _cap(limits.daily), _cap(limits.monthly), lease, self.lease_ttl_ms])
-        granted, period, spent, reserved = int(result[0]), _text(result[1]), int(result[2]), int(result[3])
+        pending = self._reserve.call(names, [nano, _cap(limits.daily), _cap(limits.monthly), lease])
+        try:
+            result = await asyncio.shield(pending)
+        except asyncio.CancelledError:  # its client left: what Redis granted meanwhile goes back
+            pending.add_done_callback(lambda done: self._give_back(done, key, lease, now))
+            raise
+        granted, period = int(result[0]), _text(result[1])
+        day, month, reserved = int(result[2]) / _NANO, int(result[3]) / _NANO, int(result[4]) / _NANO
+        self.seen[key] = (day, month, reserved)
         if granted:
-            return Verdict(Reservation(key, nano / _NANO, lease), spent=spent / _NANO, reserved=reserved / _NANO)
-        cap = limits.daily if period == DAY else limits.monthly
-        return Verdict(None, DAY if period == DAY else MONTH, cap or 0.0, spent / _NANO, reserved / _NANO)
+            return Verdict(Reservation(key, nano / _NANO, lease), spent=day, reserved=reserved)
+        if period == DAY:
+            return Verdict(None, DAY, limits.daily or 0.0, day, reserved)
+        return Verdict(None, MONTH, limits.monthly or 0.0, month, reserved)
 
-    async def settle(self, key: str, reservation: Reservation | None, cost: float, now: float) -> None:
+    async def settle(self, key: str, reservation: Reservation | None, cost: float, now: float, *,
+                     once: bool = False) -> tuple[float, float, float]:
+        """Release ``reservation`` and charge ``cost``; the key's (day, month, reserved) after it.
+
+        ``once``: a replay of a settlement whose answer was lost (it may have run): charge only
+        if the reservation is still there.
+        """
         names, day_expiry, month_expiry = self.keys(key, now)
-        await self._settle(keys=names, args=[
-            reservation.lease if reservation is not None else "", round(cost * _NANO), day_expiry, month_expiry])
+        result = await self._settle.call(names, [
+            reservation.lease if reservation is not None else "", round(cost * _NANO), day_expiry, month_expiry,
+            "1" if once else "0"])
+        figures = self.seen[key] = (int(result[0]) / _NANO, int(result[1]) / _NANO, int(result[2]) / _NANO)
+        return figures
+
+    def _give_back(self, done: asyncio.Future[list[Any]], key: str, lease: str, now: float) -> None:
+        if not done.cancelled() and done.exception() is None and int(done.result()[0]):
+            names, day_expiry, month_expiry = self.keys(key, now)
+            self._settle.call(names, [lease, 0, day_expiry, month_expiry, "0"]).add_done_callback(_ignore)
 
     async def spent(self, key: str, now: float) -> tuple[float, float, float]:
         names, _, _ = self.keys(key, now)
@@ -147,6 +233,11 @@ class RedisBudgetStore:
                 pipe.set(names[0], round(day * _NANO), nx=True, exat=day_expiry)
                 pipe.set(names[1], round(month * _NANO), nx=True, exat=month_expiry)
             await pipe.execute()
+
+
+def _ignore(done: asyncio.Future[Any]) -> None:
+    if not done.cancelled():
+        done.exception()  # retrieved: a lease Redis could not release lapses by itself
 
 
 def _cap(value: float | None) -> int:

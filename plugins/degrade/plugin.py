@@ -61,8 +61,8 @@ class DegradePlugin:
             "floodgate_degrade_requests", "Requests served (or refused) by an overload step, by route and step",
             ["route", "step"], registry=registry))
         self._level = proxy.LabelCache(Gauge(
-            "floodgate_degrade_steps_in_force", "Overload steps in force on a route (0: none)", ["route"],
-            registry=registry))
+            "floodgate_degrade_steps_in_force", "Overload steps in force on a route (0: none; with workers: "
+            "the most any live worker has in force)", ["route"], registry=registry, multiprocess_mode="livemax"))
         self._transitions = proxy.LabelCache(Counter(
             "floodgate_degrade_transitions", "Overload steps coming into force (on) and off, by route and step",
             ["route", "step", "to"], registry=registry))

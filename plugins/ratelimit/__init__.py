@@ -38,6 +38,8 @@ Parts:
   :class:`~.store.MemoryBucketStore` and the degraded :class:`~.store.LocalShareStore`;
 * :mod:`.redis_store` — :class:`~.redis_store.RedisBucketStore`, the buckets of a fleet,
   and :mod:`.redis_scripts`, its Lua scripts;
+* :mod:`.fleet` — which store the gateway's shared state asks for (memory, or Redis with
+  the local share as the fallback), kept across reloads;
 * :mod:`.forecast` — predicted waits (what is queued ahead, how long slots are held);
 * :mod:`.queue` — the fair priority admission queue and its scans;
 * :mod:`.deployments` — each deployment's buckets, limits in force, latency and strategy order;

@@ -152,11 +152,12 @@ class Deployments:
                 self.by_key[key] = Deployment(key, entry, settings.upstream, settings, policy)
         self._limit = proxy.LabelCache(Gauge(
             "floodgate_ratelimit_deployment_limit", "A deployment's limits in force: the catalogue's, lowered "
-            "to what its provider states, or found by adaptive concurrency", ["deployment", "kind"],
-            registry=registry))
+            "to what its provider states, or found by adaptive concurrency (with workers: the lowest any "
+            "live worker holds)", ["deployment", "kind"], registry=registry, multiprocess_mode="livemin"))
         self._in_flight = proxy.LabelCache(Gauge(
-            "floodgate_ratelimit_deployment_in_flight", "Requests this process placed on a deployment, not "
-            "finished", ["deployment"], registry=registry))
+            "floodgate_ratelimit_deployment_in_flight", "Requests placed on a deployment, not finished "
+            "(with workers: summed over the live ones)", ["deployment"], registry=registry,
+            multiprocess_mode="livesum"))
         self._throttled = proxy.LabelCache(Counter(
             "floodgate_ratelimit_deployment_throttled", "Answers 429 from a deployment's provider",
             ["deployment"], registry=registry))

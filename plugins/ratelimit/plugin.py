@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter
 import proxy
 
 from .deployments import Deployment, Deployments, used_on
+from .fleet import KeptStores, kept_stores
 from .inflight import FULL, InFlight
 from .placement import choose, peek_claims, soonest
 from .plan import CONCURRENCY, TOKENS, Plan, Planner, Spec
@@ -25,6 +26,7 @@ from .settings import RateLimitSettings
 from .store import BucketStore, Claim, Grant, MemoryBucketStore, Return
 
 if TYPE_CHECKING:
+    from aiohttp import web
     from redis.asyncio import Redis
 
     from .redis_store import RedisBucketStore
@@ -52,7 +54,8 @@ class Admission(NamedTuple):
 class RateLimitPlugin:
     """Token buckets for requests, tokens and concurrency; queue or reject when empty.
 
-    :param store: where the buckets live (default: this process's memory).
+    :param store: where the buckets live (default: chosen by the gateway's shared state,
+        :mod:`.fleet`: this process's memory, or Redis with a local share as the fallback).
     :param clock: time for the buckets, the queue's timers and its deadlines.
     """
 
@@ -61,6 +64,9 @@ class RateLimitPlugin:
     def __init__(self, store: BucketStore | None = None, *, clock: proxy.Clock | None = None) -> None:
         self.clock: proxy.Clock = clock if clock is not None else proxy.LoopClock()
         self.store: BucketStore = store if store is not None else MemoryBucketStore()
+        self._kept: KeptStores | None = None  # the state's stores, unless one was given
+        self._chosen = store is None
+        self._acquired = False
         self.settings = RateLimitSettings()
         self._queueing = True
         self._rejections = Rejections(self.settings.queue, CollectorRegistry())
@@ -75,7 +81,7 @@ class RateLimitPlugin:
 
     # -- configuration ------------------------------------------------------
     @proxy.hookimpl
-    def proxy_configure(self, config: proxy.Config, registry: CollectorRegistry) -> None:
+    def proxy_configure(self, config: proxy.Config, registry: CollectorRegistry, state: proxy.SharedState) -> None:
         settings = config.plugin_settings(self.name, RateLimitSettings)
         errors = [
             config.error(("plugins", self.name, section, name),
@@ -97,6 +103,9 @@ class RateLimitPlugin:
         self._m_admitted = Counter("floodgate_ratelimit_admitted", "Requests admitted by the rate limiter",
                                    registry=registry)
         self.queue.configure(settings.queue, settings.shared.recheck_ms, registry)
+        if self._chosen:  # the buckets of the previous configuration, kept by the state
+            self._kept = kept_stores(state)
+            self.use_store(self._kept.store(settings.shared))
 
     def use_store(self, store: BucketStore) -> None:
         """Decide against ``store`` from now on: e.g. a :class:`~.store.LocalShareStore` while the
@@ -113,13 +122,22 @@ class RateLimitPlugin:
 
     @proxy.hookimpl
     def proxy_startup(self, app: web.Application) -> None:
-        """Placement passes over deployments another plugin knows are unusable (an open breaker)."""
+        """Placement passes over deployments another plugin knows are unusable (an open breaker);
+        the stores kept across reloads are held by this configuration."""
         self._unavailable = app[proxy.HOOKS].unavailable
+        if self._kept is not None and not self._acquired:
+            self._acquired = True
+            self._kept.acquire()
 
     @proxy.hookimpl
     def proxy_shutdown(self) -> Awaitable[None] | None:
         self.queue.close()
-        return self.store.close()
+        if self._kept is None:
+            return self.store.close()
+        if not self._acquired:
+            return None
+        self._acquired = False
+        return self._kept.release()  # the last generation out closes the shared store
 
     # -- admission ----------------------------------------------------------
     @proxy.hookimpl

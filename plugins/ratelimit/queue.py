@@ -116,7 +116,7 @@ class AdmissionQueue:
                                  "rate-limit queue (admitted, timed out or disconnected)",
                                  buckets=WAIT_BUCKETS, registry=registry)
         self._m_queue = Gauge("floodgate_ratelimit_queue_length", "Requests waiting in the rate-limit queue",
-                              registry=registry)
+                              registry=registry, multiprocess_mode="livesum")  # workers' queues add up
 
     def close(self) -> None:
         if self._timer is not None:
@@ -255,6 +255,9 @@ class AdmissionQueue:
                 claims = steps.send(result)
         except StopIteration:
             pass
+        except proxy.Rejection:  # the shared state is unavailable under on_error: reject: look again later
+            steps.close()
+            self._schedule(self.clock.monotonic() + self.recheck)
 
     async def _scan_async(self, store: BucketStore, steps: Generator[Sequence[Claim], Grant, None],
                           pending: Awaitable[Grant]) -> None:

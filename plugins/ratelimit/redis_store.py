@@ -130,12 +130,14 @@ class RedisBucketStore:
         (default a third of ``lease``, so two renewals may fail before one lapses).
     :param ttl_margin: seconds every key outlives the moment it would be full (or
         its last lease lapse), so no key vanishes while it still matters.
+    :param log_failures: log a warning when Redis fails (once per outage); off when the
+        gateway's shared state reports outages itself.
     """
 
     shared = True
 
     def __init__(self, redis: Redis, prefix: str, *, lease: float = 30.0, renew_every: float | None = None,
-                 ttl_margin: float = 1.0) -> None:
+                 ttl_margin: float = 1.0, log_failures: bool = True) -> None:
         if lease <= 0 or ttl_margin < 0:
             raise ValueError("lease must be positive and ttl_margin not negative")
         self.redis = redis
@@ -154,7 +156,8 @@ class RedisBucketStore:
         self._live: dict[str, list[str]] = {}  # lease id -> the lease sets it holds a slot in
         self._encoded: dict[str, tuple[float, float, str, str]] = {}  # bucket -> rate, burst, key, "rate burst "
         self._renewer: asyncio.Task[None] | None = None
-        self._failing = False
+        self._failing = not log_failures  # True: never logs (see _failed)
+        self._log_failures = log_failures
 
     @property
     def live_leases(self) -> int:
@@ -243,7 +246,7 @@ class RedisBucketStore:
             self._failed("admissions", exc)
             _fail(batch, exc)
             return
-        self._failing = False
+        self._failing = not self._log_failures
         for ask, reply in zip(batch, replies):
             out = reply.split()
             granted = out[0] in (b"1", "1")
@@ -271,7 +274,7 @@ class RedisBucketStore:
             self._failed("settlements", exc)
             _fail(batch, exc)
             return
-        self._failing = False
+        self._failing = not self._log_failures
         for give in batch:
             if give.future is not None and not give.future.done():
                 give.future.set_result(None)

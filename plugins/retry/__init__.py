@@ -58,6 +58,8 @@ Parts:
 * :mod:`.breaker` — :class:`~.breaker.Breaker`, the circuit breaker of one target;
 * :mod:`.health` — every target's breaker (per deployment), the per-request bookkeeping;
 * :mod:`.hedge` — :class:`~.hedge.HedgePolicy`: when to hedge, the p95 windows, the budget;
+* :mod:`.fleet` — the breakers kept across reloads; with Redis state, mirrors of the fleet's
+  breakers (:mod:`.shared`: their scripts), one half-open probe fleet-wide;
 * :mod:`.plugin` — :class:`RetryPlugin`: the attempt policy, the deadline and
   the breakers' bookkeeping.
 """

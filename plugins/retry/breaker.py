@@ -34,7 +34,7 @@ class BreakerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.state = proxy.LabelCache(Gauge(
             "floodgate_retry_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open",
-            ["model"], registry=registry))
+            ["model"], registry=registry, multiprocess_mode="livemax"))  # the worst any worker sees
         self.transitions = proxy.LabelCache(Counter(
             "floodgate_retry_breaker_transitions", "Circuit breaker state changes",
             ["model", "to"], registry=registry))
@@ -65,6 +65,13 @@ class Breaker:
         self._failed = 0
         if label == model:
             metrics.state(model).set(CLOSED)
+
+    def reconfigure(self, settings: BreakerSettings, metrics: BreakerMetrics, label: str | None) -> None:
+        """A reload's settings and metrics for a breaker kept across it: its state carries over."""
+        self.settings = settings
+        self.metrics = metrics
+        self.label = label
+        self._width = settings.window_s / 10
 
     def allow(self, now: float) -> tuple[bool, bool]:
         """Whether a request may use the target now, and whether it got the probe slot."""

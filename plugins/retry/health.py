@@ -10,10 +10,15 @@ are counted under the pattern.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import proxy
 
 from .breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerMetrics
 from .settings import BreakerSettings
+
+if TYPE_CHECKING:
+    from .fleet import FleetBreakers
 
 __all__ = ["MAX_BREAKERS", "Health", "RequestState"]
 
@@ -48,12 +53,17 @@ class Health:
     """Every place's breaker, made on first use (exact catalogue entries at start-up)."""
 
     def __init__(self, config: proxy.Config, settings: BreakerSettings, metrics: BreakerMetrics,
-                 clock: proxy.Clock) -> None:
+                 clock: proxy.Clock, fleet: FleetBreakers | None = None) -> None:
+        """:param fleet: where breakers live across reloads (and, with Redis state, how they mirror
+            the fleet's); without it, plain local breakers of this configuration only."""
         self.config = config
         self.settings = settings
         self.metrics = metrics
         self.clock = clock
-        self.breakers: dict[str, Breaker] = {}
+        self.fleet = fleet
+        self.breakers: dict[str, Breaker] = fleet.breakers if fleet is not None else {}
+        for key, breaker in self.breakers.items():  # kept across a reload: this configuration's settings
+            breaker.reconfigure(settings, metrics, self._label(key, breaker))
         patterns = set(config.patterns)
         for model in config.models:
             if model not in patterns:
@@ -73,8 +83,19 @@ class Health:
             else:  # counted under the pattern serving it
                 entry = self.config.catalogue_name(target.model) or target.model
                 label = entry if target.deployment is None else f"{entry}@{target.deployment}"
-            breaker = self.breakers[key] = Breaker(key, self.settings, self.metrics, label)
+            make = self.fleet.make if self.fleet is not None else Breaker
+            breaker = self.breakers[key] = make(key, self.settings, self.metrics, label)
         return breaker
+
+    def _label(self, key: str, breaker: Breaker) -> str | None:
+        """The metric label of a kept breaker under this configuration's catalogue."""
+        model, _, deployment = key.partition("@")
+        if model in self.config.models:
+            return key
+        entry = self.config.catalogue_name(model)
+        if entry is None:
+            return breaker.label
+        return entry if not deployment else f"{entry}@{deployment}"
 
     def _drop_idle(self) -> None:
         idle = [key for key, b in self.breakers.items()

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter
 import proxy
 
 from .breaker import Breaker, BreakerMetrics
+from .fleet import FleetBreakers, kept_breakers
 from .health import Health, RequestState
 from .hedge import HedgePolicy
 from .settings import RetrySettings
@@ -59,10 +60,14 @@ class RetryPlugin:
         self.rng = random.Random()
         self.health: Health | None = None
         self.hooks: proxy.Hooks | None = None
+        self._acquired = False
+        self._state = proxy.SharedState()
+        self._shared_breakers = False
+        self._fleet: FleetBreakers | None = None  # the breakers kept by the state (shared with Redis state)
 
     # -- configuration ------------------------------------------------------
     @proxy.hookimpl
-    def proxy_configure(self, config: proxy.Config, registry: CollectorRegistry) -> None:
+    def proxy_configure(self, config: proxy.Config, registry: CollectorRegistry, state: proxy.SharedState) -> None:
         settings = config.plugin_settings(self.name, RetrySettings)
         errors = [config.error(("plugins", self.name, "models", model),
                                f"unknown model {model!r} (not in the catalogue)")
@@ -88,7 +93,11 @@ class RetryPlugin:
         # skipping Attempt.timeout otherwise spares the core a per-attempt copy.
         # Keyed by catalogue entry: a pattern's timeouts apply to every name it serves.
         self._timeouts: dict[str | None, tuple[float, float]] = {}
-        self.health = Health(config, settings.breaker, self._metrics.breaker, self.clock) \
+        self._state = state
+        self._shared_breakers = settings.breaker.enabled and state.backend == "redis"
+        self._fleet = fleet = kept_breakers(state)  # a reload keeps every breaker's state
+        fleet.configure(settings.breaker, settings.deadline_s, self.clock)
+        self.health = Health(config, settings.breaker, self._metrics.breaker, self.clock, fleet) \
             if settings.breaker.enabled else None
 
     @property
@@ -98,8 +107,12 @@ class RetryPlugin:
 
     @proxy.hookimpl
     def proxy_startup(self, app: web.Application) -> None:
-        """``hedge.routes`` are checked once every plugin has declared its route names."""
+        """``hedge.routes`` are checked once every plugin has declared its route names; with Redis
+        state, this configuration follows the fleet's breakers."""
         self.hooks = app[proxy.HOOKS]
+        if self._fleet is not None and not self._acquired:
+            self._acquired = True
+            self._fleet.acquire()
         config = self.config
         known = set(config.models) | set(config.route_names)
         errors = [config.error(("plugins", self.name, "hedge", "routes", i),
@@ -107,6 +120,12 @@ class RetryPlugin:
                   for i, route in enumerate(self.settings.hedge.routes) if route not in known]
         if errors:
             raise proxy.ConfigErrors(errors)
+
+    @proxy.hookimpl
+    async def proxy_shutdown(self) -> None:
+        if self._fleet is not None and self._acquired:
+            self._acquired = False
+            await self._fleet.release_user()
 
     def _entry(self, model: str) -> str | None:
         """The catalogue entry serving ``model`` (per-model settings are keyed by it)."""
@@ -125,6 +144,8 @@ class RetryPlugin:
         now = self.clock.monotonic()
         st: RequestState | None = ctx.state.get(_STATE_KEY)
         if st is None:
+            if self._shared_breakers and not self._state.shared:
+                self._state.fallback()  # Redis state unreachable under on_error: reject: 503
             st = ctx.state[_STATE_KEY] = RequestState(now + self.settings.deadline_s)
             if self.hedging.enabled and self.hedging.opted_in(ctx, route.targets[0]):
                 self.hedging.earn(route.targets[0].model)

@@ -30,8 +30,9 @@ from ..config import Config, config_from_dict
 from ..defaults import CoreDefaults
 from ..errors import ConfigErrors
 from ..hooks import Hooks
-from ..keys import CONFIG, HOOKS, REGISTRY
+from ..keys import CONFIG, HOOKS, REGISTRY, STATE
 from ..loader import build_plugin_manager
+from ..state import SharedState
 from ..types import ANONYMOUS, AttemptRecord, EndpointKind, Principal, RequestContext, Target, Usage
 from .fixtures import mock_config
 
@@ -65,20 +66,28 @@ class PluginHarness:
         where they take one).
     :param settings: ``plugins.<name>`` blocks; or pass a whole ``config``.
     :param clock: the clock the test advances (a fresh :class:`ManualClock` if omitted).
+    :param state: the :class:`proxy.SharedState` the plugins get (a fresh in-memory one if
+        omitted). Pass one on Redis to test a plugin's shared stores: :meth:`start` starts it
+        (if it is not yet), the test closes it. Two harnesses given the same state stand for
+        two generations of one gateway (a configuration reload): what the plugins keep with
+        ``state.keep`` carries over.
     """
 
     def __init__(self, *plugins: Any, settings: Mapping[str, Any] | None = None,
                  models: Mapping[str, Mapping[str, Any]] | None = None, aliases: Mapping[str, str] | None = None,
-                 config: Config | Mapping[str, Any] | None = None, clock: ManualClock | None = None) -> None:
+                 config: Config | Mapping[str, Any] | None = None, clock: ManualClock | None = None,
+                 state: SharedState | None = None) -> None:
         self.clock = clock or ManualClock()
+        self.state = state if state is not None else SharedState()
         if config is None:
             config = mock_config("http://upstream.invalid/v1", plugin_settings=settings, models=models,
                                  aliases=aliases)
         self.config = config if isinstance(config, Config) else config_from_dict(config, source="<harness>")
         self.registry = CollectorRegistry()
+        self.state.bind_metrics(self.registry)  # floodgate_state_degraded, as in a gateway
         pm, _, errors = build_plugin_manager(core=[CoreDefaults()], builtins=(), entry_points=False, extra=plugins)
         self.hooks = Hooks(pm)
-        errors = [*errors, *self.hooks.configure(self.config, self.registry)]
+        errors = [*errors, *self.hooks.configure(self.config, self.registry, self.state)]
         if errors:
             raise ConfigErrors([self.config.locate(e) for e in errors])
         self.config.check_aliases(self.hooks.route_names(self.config))
@@ -86,11 +95,13 @@ class PluginHarness:
         self.app[CONFIG] = self.config
         self.app[HOOKS] = self.hooks
         self.app[REGISTRY] = self.registry
+        self.app[STATE] = self.state
         self._tasks: list[asyncio.Task[Any]] = []
         self._ids = 0
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> PluginHarness:
+        await self.state.start()  # a Redis state's pool opens before any plugin starts (as in a gateway)
         await self.hooks.startup(self.app)
         return self
 

@@ -7,30 +7,22 @@ and log file, and is stopped by pid when the test ends (workers included).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import redis.asyncio
+
+from proxy.testing.processes import GatewayProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = (ROOT / "config.yaml").read_text(encoding="utf-8")
 DEMO_KEY = {"Authorization": "Bearer fg-demo-key"}
 HOURS = "我们的在线客服每天 9:00-22:00 为您服务,大促期间延长至 24:00。"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def gateway_config(*, prefix: str | None = None, answer: str = HOURS, pid_file: Path | None = None,
@@ -50,60 +42,9 @@ def gateway_config(*, prefix: str | None = None, answer: str = HOURS, pid_file: 
     if pid_file is not None:
         text = text.replace("  log_level: info\n", f"  log_level: info\n  pid_file: {pid_file}\n")
     if prefix is not None:
-        text += f"\nstate:\n  backend: redis\n  url: redis://127.0.0.1:6379/0\n  key_prefix: {prefix}\n"
+        text = text.replace("${FLOODGATE_STATE:-memory}", "redis").replace(
+            "key_prefix: floodgate ", f"key_prefix: {prefix} ")
     return text + extra
-
-
-class GatewayProcess:
-    """One ``floodgate serve`` process (a supervisor when ``--workers`` > 1)."""
-
-    def __init__(self, process: asyncio.subprocess.Process, port: int, log: Path, config: Path) -> None:
-        self.process = process
-        self.port = port
-        self.log_path = log
-        self.config = config
-        self.base = f"http://127.0.0.1:{port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def children(self) -> set[int]:
-        """The worker processes' pids (Linux: /proc)."""
-        pids: set[int] = set()
-        for task in Path(f"/proc/{self.process.pid}/task").glob("*"):
-            with contextlib.suppress(OSError):
-                pids.update(int(p) for p in (task / "children").read_text().split())
-        return pids
-
-    async def wait_until(self, predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-        for _ in range(int(timeout / 0.05)):
-            if predicate():
-                return
-            if self.process.returncode is not None:
-                raise AssertionError(f"the gateway exited ({self.process.returncode}) before {what}:\n{self.log()}")
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}:\n{self.log()}")
-
-    async def wait_ready(self) -> None:
-        await self.wait_until(lambda: "listening on" in self.log(), "it listens")
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"{self.base}/readyz") as response:
-                assert response.status == 200, await response.text()
-
-    async def stop(self) -> int:
-        """SIGTERM, then wait (bounded); anything left is killed by pid."""
-        children = self.children()
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), 45)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        return self.process.returncode or 0
 
 
 @pytest.fixture

@@ -8,51 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-import socket
-from pathlib import Path
 
 import pytest
 import redis.asyncio
 
 from proxy import hookimpl
 from proxy.testing import mock_config
+from proxy.testing.processes import RedisServer
 
 pytestmark = pytest.mark.e2e
 
 CHAT = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}
-
-
-class RedisServer:
-    """A private redis-server on a free port (no persistence), started and killed by the test."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(self.directory), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        client = redis.asyncio.Redis(port=self.port, socket_connect_timeout=0.2)
-        try:
-            for _ in range(100):
-                try:
-                    await client.ping()
-                    return
-                except (redis.RedisError, OSError):
-                    await asyncio.sleep(0.05)
-            raise AssertionError("the test's redis-server did not start")
-        finally:
-            await client.aclose()
-
-    async def kill(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGKILL)
-            await asyncio.wait_for(self.process.wait(), 10)
 
 
 @pytest.fixture

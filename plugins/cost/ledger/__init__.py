@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..rows import Row, encode
@@ -79,6 +80,10 @@ class Ledger:
         self._stopping = False
         self._open = False
         self._closed = False
+        self._batched = 0  # rows in _batches
+        #: Called with :attr:`pending` whenever it changes (a gauge's ``set``: unlike a callback
+        #: gauge, it works with worker processes).
+        self.observe: Callable[[int], None] | None = None
 
     @property
     def name(self) -> str:
@@ -87,7 +92,7 @@ class Ledger:
     @property
     def pending(self) -> int:
         """Rows appended but not stored in the database yet."""
-        return len(self._pending) + sum(len(rows) for rows, _ in self._batches)
+        return len(self._pending) + self._batched
 
     async def open(self) -> int:
         """Open the database and the journal, store the rows of orphaned journals (returned:
@@ -126,6 +131,8 @@ class Ledger:
                 return
         pending.append(row)
         n = len(pending)
+        if self.observe is not None:
+            self.observe(n + self._batched)
         if n >= self.batch_size:
             self._wake.set()
         if n > self.warn_backlog and not self._warned:
@@ -179,6 +186,7 @@ class Ledger:
             if self._pending:  # seal exactly the rows of this batch: same event-loop step, no await between
                 sealed = self.journal.rotate() if self.journal is not None else None
                 self._batches.append((self._pending, sealed))
+                self._batched += len(self._pending)
                 self._pending = []
                 self._open_rows = {}
             while self._batches:
@@ -193,6 +201,9 @@ class Ledger:
                             await asyncio.to_thread(sealed.sync)
                     return
                 self._batches.pop(0)
+                self._batched -= len(rows)
+                if self.observe is not None:
+                    self.observe(self.pending)
                 if sealed is not None:
                     await asyncio.to_thread(sealed.remove)
             if self._warned and self.pending <= self.warn_backlog:
@@ -229,6 +240,8 @@ class Ledger:
                 log.error("usage ledger %s: %d rows could not be stored; %s", self.name, self.pending,
                           "they stay in the journal for the next start" if self.journal else "they are lost")
         self._closed = True
+        if self.observe is not None:
+            self.observe(self.pending)
         if self.journal is not None:
             await asyncio.to_thread(self.journal.close)
         for _, sealed in self._batches:

@@ -36,6 +36,7 @@ log = logging.getLogger("floodgate.cost")
 _PREFIX = "journal-"
 _SUFFIX = ".jsonl"
 _TEMP = ".tmp-"
+_CREATE_TRIES = 5
 
 
 @dataclass(slots=True)
@@ -76,13 +77,23 @@ class Journal:
         self._current = self._create()
 
     def _create(self) -> JournalFile:
-        name = f"{self._stem}-{next(self._seq):06d}{_SUFFIX}"
-        temp = os.path.join(self.directory, _TEMP + name)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        path = os.path.join(self.directory, name)
-        os.rename(temp, path)
-        return JournalFile(path, fd)
+        # Another worker adopting orphans may delete our temp file between its creation and our lock
+        # (it looks like one whose creator died): then the rename fails, and a new file is made.
+        for attempt in range(_CREATE_TRIES):
+            name = f"{self._stem}-{next(self._seq):06d}{_SUFFIX}"
+            temp = os.path.join(self.directory, _TEMP + name)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            path = os.path.join(self.directory, name)
+            try:
+                os.rename(temp, path)
+            except FileNotFoundError:
+                os.close(fd)
+                if attempt + 1 == _CREATE_TRIES:
+                    raise
+                continue
+            return JournalFile(path, fd)
+        raise AssertionError("unreachable")
 
     def append(self, data: bytes) -> bool:
         """Append one encoded row (hot path). ``False`` if it could not be written (logged once

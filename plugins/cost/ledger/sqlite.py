@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -69,12 +70,12 @@ _INSERT = (f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * l
            f"ON CONFLICT (row_id) DO UPDATE SET {UPSERT}")
 
 
-def connect(path: str) -> sqlite3.Connection:
+def connect(path: str, *, timeout: float = 30.0) -> sqlite3.Connection:
     """Open (create) the ledger and bring its table up to date; safe against other processes doing the same."""
-    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     try:
         if path != MEMORY:
-            conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once per file
+            _wal(conn, timeout)
             conn.execute("PRAGMA synchronous=FULL")  # a committed batch survives a power cut
         conn.execute("BEGIN IMMEDIATE")  # the write lock first: two processes never migrate at once
         try:
@@ -93,6 +94,27 @@ def connect(path: str) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Put the file in WAL mode (persistent: once per file), waiting up to ``timeout`` seconds.
+
+    Workers starting together on a new file race to switch it, and SQLite answers the
+    losers "database is locked" at once (the switch takes no busy timeout): they read
+    the mode first — WAL already, nothing to do — and otherwise try again shortly.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)  # on the ledger's own thread (or the CLI's): never the event loop
+        delay = min(delay * 2, 0.1)
 
 
 def insert(conn: sqlite3.Connection, rows: Sequence[Row]) -> None:

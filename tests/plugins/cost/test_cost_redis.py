@@ -106,10 +106,11 @@ async def test_two_gateways_sharing_redis_admit_within_the_budget(redis_prefix):
     body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "Where is my parcel?"}], "max_tokens": 16}
     top = (proxy.estimate_prompt_tokens(body) * 2.0 + 16 * 8.0) / 1e6
     shop = proxy.Principal("shop", policy=proxy.KeyPolicy(budget={"daily_usd": 12 * top}))
-    harnesses = []
+    harnesses, plugins = [], []
     for _ in range(2):
         clock = proxy.ManualClock(wall_start=NOW)
         plugin = CostPlugin(clock=clock, store=RedisBudgetStore(client, prefix))
+        plugins.append(plugin)
         harnesses.append(await PluginHarness(plugin, clock=clock, settings={"cost": {"ledger": {"enabled": False}}}
                                              ).start())
 
@@ -128,6 +129,8 @@ async def test_two_gateways_sharing_redis_admit_within_the_budget(redis_prefix):
         h = harnesses[i % 2]
         h.attempt(ctx, usage=proxy.Usage(proxy.estimate_prompt_tokens(body), 16))
         await h.finished(ctx)
+    for plugin in plugins:
+        await plugin.settled()  # settlements go to Redis in the background
     day, _, reserved = await RedisBudgetStore(client, prefix).spent("shop", NOW)
     assert day == pytest.approx(12 * top) and reserved == 0.0
     for h in harnesses:

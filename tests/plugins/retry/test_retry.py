@@ -275,7 +275,7 @@ async def test_unused_probe_slot_is_released(mock_upstream):
         "retry": {"breaker": {"failures": 1, "cooldown_s": 1}}}))
     plugin = RetryPlugin(clock=clock)
     registry = CollectorRegistry()
-    plugin.proxy_configure(config, registry)
+    plugin.proxy_configure(config, registry, proxy.SharedState())
     route = proxy.Route(PRIMARY, config.targets_with_fallbacks(PRIMARY))
 
     def context() -> proxy.RequestContext:
