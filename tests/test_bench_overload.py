@@ -33,6 +33,7 @@ def test_the_configs_and_the_mock_arguments_are_valid(tmp_path: Path) -> None:
     assert mock.quotas["sk-provider-a"].capacity == 12
 
 
+@pytest.mark.e2e
 def test_figures_table_and_plot(tmp_path: Path) -> None:
     requests = [  # sent, load, key, status, ttft, total, degraded, deployment, model, faq
         [1.0, 0.5, "bulk", 200, 0.5, 1.0, "", "key-a", overload.MAIN, False],

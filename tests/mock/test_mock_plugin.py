@@ -30,6 +30,7 @@ def test_mock_upstream_command_comes_from_the_plugin(capsys: pytest.CaptureFixtu
     assert exc.value.code == 0 and "fault injection per model" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_the_core_imports_no_tool() -> None:
     """Every core module imports without loading a tool: tools reach the core only as plugins."""
     code = textwrap.dedent("""

@@ -230,6 +230,7 @@ async def test_budget_runs_out_and_the_sdk_does_not_retry(floodgate, mock_upstre
     assert sum(r["cost_usd"] for r in rows if r["key"] == "shop") == pytest.approx(3 * one)
 
 
+@pytest.mark.e2e
 async def test_100_concurrent_requests_spend_at_most_the_budget_plus_one_request(floodgate, mock_upstream, tmp_path):
     mock_upstream.set_behaviour("gpt-4.1", latency_ms=150)  # all 100 are in flight together
     body = {"messages": MSGS, "max_tokens": 16}

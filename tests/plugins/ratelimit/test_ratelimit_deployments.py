@@ -314,6 +314,7 @@ async def test_an_adaptive_limit_changes_what_waiters_and_settlements_see() -> N
 
 # -- through the SDK, against the mock under quota -----------------------------------------------------
 
+@pytest.mark.e2e
 async def test_load_splits_over_two_keys_so_that_neither_is_throttled(floodgate, mock_upstream) -> None:
     """key-b has half key-a's quota (requests per minute and at once). 150 requests, 24 at a time:
     both keys serve, in proportion, and the provider never answers 429."""
