@@ -18,7 +18,8 @@ import proxy
 from .deployments import Deployment, Deployments, used_on
 from .fleet import KeptStores, kept_stores
 from .inflight import FULL, InFlight
-from .placement import choose, peek_claims, soonest
+from .outlook import predicted_wait, status
+from .placement import choose, peek_claims
 from .plan import CONCURRENCY, TOKENS, Plan, Planner, Spec
 from .queue import AdmissionQueue
 from .responses import Rejections, set_headers
@@ -374,45 +375,10 @@ class RateLimitPlugin:
     def proxy_predicted_wait(self, ctx: proxy.RequestContext, route: proxy.Route) -> Awaitable[float] | float | None:
         """The wait of a request like ``ctx`` on ``route``'s soonest deployment, its key's own limits
         left out (the route's capacity, not the caller's quota)."""
-        if not self._planner.configured or not route.targets:
-            return None
-        candidates = Deployments.candidates(route) or route.targets[:1]
-        plans: list[Plan] = []
-        for target in candidates:
-            try:
-                plan = self._planner.plan(ctx, target, own_key=False)
-            except proxy.Rejection:  # larger than a bucket: refused whatever the wait
-                continue
-            if plan is None:
-                return 0.0  # nothing limits that deployment
-            plans.append(plan)
-        if not plans:
-            return None
-        claims = peek_claims(plans)
-        peeked = self.store.peek(claims, self.clock.monotonic())
-        if isinstance(peeked, Grant):
-            return soonest(plans, peeked, claims, self.queue.forecast)
-        return self._soonest_later(plans, claims, peeked)
-
-    async def _soonest_later(self, plans: list[Plan], claims: list[Claim], pending: Awaitable[Grant]) -> float:
-        return soonest(plans, await pending, claims, self.queue.forecast)
+        return predicted_wait(self._planner, self.store, self.queue, self.clock.monotonic(), ctx, route)
 
     @proxy.hookimpl
     async def proxy_status(self) -> dict[str, Any]:
         """Per route: queue length and the predicted wait of its last waiter; per deployment: limits
         in force, what is left, requests in flight."""
-        now = self.clock.monotonic()
-        routes = {name: {"queue": count, "predicted_wait_ms": round(wait * 1000, 1)}
-                  for name, (count, wait) in self.queue.by_route(now).items()}
-        levels: dict[str, float] = {}
-        if self.deployments is not None and self.deployments.by_key:
-            claims = [spec.unit for d in self.deployments.by_key.values() for spec in d.specs()
-                      if spec.kind is not CONCURRENCY]
-            if claims:
-                peeked = self.store.peek(claims, now)
-                grant = peeked if isinstance(peeked, Grant) else await peeked
-                levels = {claim.key: level for claim, level in zip(claims, grant.levels)}
-        deployments = self.deployments.status(levels) if self.deployments is not None else {}
-        return {"routes": routes, "deployments": deployments,
-                "ratelimit": {"queue": len(self.queue), "mode": self.settings.mode}}
-
+        return await status(self.deployments, self.store, self.queue, self.clock.monotonic(), self.settings.mode)

@@ -253,7 +253,8 @@ async def test_key_overrides_apply_without_a_plugin_block(floodgate: Any) -> Non
 
 @pytest.mark.e2e
 async def test_rate_accuracy_under_overload(floodgate: Any, mock_upstream: Any) -> None:
-    """50 req/s with burst 10, offered 200 req/s for 2 s: about 10 + 100 admitted, never more."""
+    """50 req/s with burst 10, offered 200 req/s for 2 s over real sockets: never more than the bucket
+    allows in the time it took (the exact count is on a manual clock, in test_ratelimit_queue.py)."""
     gw = await start(floodgate, {"mode": "reject", "global": {"requests_per_second": 50, "burst": 10}})
     loop = asyncio.get_running_loop()
     statuses: list[int] = []
@@ -281,7 +282,7 @@ async def test_rate_accuracy_under_overload(floodgate: Any, mock_upstream: Any) 
     # Every admission happened before its response: a sound upper bound even on a loaded machine.
     span = last_admitted - begin
     assert admitted <= 10 + 50 * span + 1, (admitted, span)
-    assert admitted >= 0.9 * (10 + 50 * 2), (admitted, span)
+    assert admitted >= 10  # at least the burst; fewer arrivals in a stalled loop lose refill, not accuracy
     assert mock_upstream.stats.total == admitted
     metrics = await gw.metrics()
     assert sample(metrics, "floodgate_ratelimit_admitted_total") == admitted

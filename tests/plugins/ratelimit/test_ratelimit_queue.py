@@ -183,6 +183,24 @@ async def test_the_queue_absorbs_a_burst_at_the_refill_rate(limiter: Any) -> Non
     assert lim.clock.pending == 0  # no timer left behind
 
 
+async def test_reject_mode_admits_exactly_the_burst_plus_the_refill(limiter: Any) -> None:
+    """50 req/s with burst 10, offered 200 req/s for 2 s (400 requests, the last at 1.995 s): the burst
+    plus 99 refilled tokens admitted, the rest refused at once."""
+    lim = await limiter({"mode": "reject", "global": {"requests_per_second": 50, "burst": 10}})
+    admitted = 0
+    for _ in range(400):
+        ctx = lim.request()
+        try:
+            lim.admit_now(ctx)
+            admitted += 1
+            await lim.finish(ctx)
+        except proxy.Rejection as rejection:
+            assert rejection.status == 429
+        await lim.advance(0.005)
+    assert admitted == 10 + 99
+    assert lim.metric("floodgate_ratelimit_admitted_total") == admitted
+
+
 async def test_a_saturated_key_does_not_hold_up_others(limiter: Any) -> None:
     lim = await limiter({"mode": "queue", "queue": {"max_wait_ms": 3000}, "global": {"requests_per_second": 1000}})
     alice = lim.key("alice", requests_per_second=2, burst=1)
