@@ -41,9 +41,6 @@ class Upstreams:
     def ready(self) -> bool:
         return bool(self._sessions) and all(not s.closed for s in self._sessions.values())
 
-    def base_url(self, upstream: str) -> URL:
-        return self._base_urls[upstream]
-
     async def start(self, builtin: Callable[[str, UpstreamSettings], Awaitable[str | None]]) -> None:
         """Open one pooled session per upstream.
 
