@@ -38,6 +38,7 @@ __all__ = ["GRACE", "RedisBudgetStore"]
 #: Seconds a period's spending outlives the period (a late read still finds it).
 GRACE = 3600
 _NANO = 1_000_000_000
+_KEYS_KEPT = 10_000  # keys whose names are remembered (a fleet has far fewer API keys)
 
 # Each script serves a batch: the calls a worker made while its previous one was on its way, in
 # order, each on its own five keys (KEYS[5i+1..5i+5]). Time is Redis's (ms), read once.
@@ -171,9 +172,22 @@ class RedisBudgetStore:
         #: Per key, the fleet's (day, month, reserved) in US dollars as the last reply said: what a
         #: worker's local share starts from while Redis is unreachable, and the budget gauges.
         self.seen: dict[str, tuple[float, float, float]] = {}
+        self._keys: dict[str, tuple[int, tuple[list[str], int, int]]] = {}
 
     def keys(self, key: str, now: float) -> tuple[list[str], int, int]:
-        """The five keys of ``key`` in the periods containing ``now``, and when the two spending keys expire."""
+        """The five keys of ``key`` in the periods containing ``now``, and when the two spending keys expire
+        (worked out once per key and UTC day: two calls per request ask it)."""
+        day = int(now // 86400)
+        known = self._keys.get(key)
+        if known is not None and known[0] == day:
+            return known[1]
+        if len(self._keys) >= _KEYS_KEPT:
+            self._keys.clear()
+        found = self._keys_of(key, now)
+        self._keys[key] = (day, found)
+        return found
+
+    def _keys_of(self, key: str, now: float) -> tuple[list[str], int, int]:
         _, day_end, _, month_end = periods(now)
         t = time.gmtime(now)
         base = f"{self.prefix}:{{{key}}}"

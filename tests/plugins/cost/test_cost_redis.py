@@ -157,3 +157,14 @@ async def test_an_unreachable_store_refuses_budgeted_requests_and_spares_the_oth
         h.attempt(ctx)
         await h.finished(ctx)  # settling fails open: logged
     await client.aclose()
+
+
+async def test_key_names_follow_the_utc_day_and_month_across_midnight(redis_prefix):
+    client, _ = redis_prefix
+    store = RedisBudgetStore(client, "p")  # names only: no call is made
+    last_second = 1_767_225_599.5  # 2025-12-31 23:59:59.5 UTC
+    before, after = store.keys("shop", last_second), store.keys("shop", last_second + 1)
+    assert before[0][:2] == ["p:{shop}:d:20251231", "p:{shop}:m:202512"]
+    assert after[0][:2] == ["p:{shop}:d:20260101", "p:{shop}:m:202601"]
+    assert store.keys("shop", last_second - 3600) == before  # same day: the same names
+    assert after[1] == 1_767_312_000 + GRACE and after[2] == 1_769_904_000 + GRACE
