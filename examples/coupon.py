@@ -12,7 +12,10 @@ Enable it in config.yaml::
       modules: [examples.coupon]
       coupon:
         currency: 元
-        min_total: 1            # ignore totals below this
+        min_total: 1
+
+Its settings are documented once, in :class:`CouponSettings`'s docstrings
+(``floodgate config reference --plugin examples.coupon`` renders them).
 """
 
 from __future__ import annotations
@@ -28,8 +31,12 @@ _TOTAL = re.compile(r"(?:总价|总共|合计|一共|总额)\D{0,6}?(\d+(?:\.\d+
 
 
 class CouponSettings(Settings):
+    """Coupon questions answered exactly: the total and the "满X减Y" rules come from the message."""
+
     currency: str = "元"
+    """The unit written after amounts in the answer."""
     min_total: float = 1.0
+    """Totals below this are left to the model."""
 
 
 def best_price(total: float, coupons: list[tuple[float, float]]) -> tuple[float, tuple[float, float] | None]:
@@ -47,10 +54,11 @@ def _fmt(value: float) -> str:
 
 class CouponPlugin:
     name = "coupon"
+    settings_model = CouponSettings
 
     @hookimpl
     def proxy_configure(self, config: Config, registry) -> None:
-        self.settings = config.plugin_settings(self.name, CouponSettings)
+        self.settings = config.plugin_settings(self.name, self.settings_model)
         self.answered = Counter("floodgate_coupon_answers", "Coupon questions answered", registry=registry)
 
     @hookimpl

@@ -1,15 +1,6 @@
 """Rule-based FAQ: answer common questions from the config, without any upstream call.
 
-Settings (``plugins.faq``)::
-
-    plugins:
-      faq:
-        case_sensitive: false          # English keywords match in any case (default)
-        rules:
-          - name: opening-hours
-            any: [营业时间, 几点开门, 几点关门, opening hours]
-            max_length: 30             # only short questions
-            answer: 客服在线时间为每天 9:00-22:00。
+Settings: :class:`FaqSettings` (``plugins.faq`` in ``docs/configuration.md``).
 
 A rule matches the **last user message** (the prompt for ``/v1/completions``)
 when all of these hold: one of ``any`` occurs in it, every one of ``all``
@@ -64,14 +55,26 @@ Keyword = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class RuleSettings(proxy.Settings):
+    """One rule: what the last user message must (and must not) contain, and the answer."""
+
     name: str
+    """Unique; 1-64 ASCII letters, digits and `. _ -`. Sent in `x-floodgate-short-circuit:
+    faq/<name>` and a metric label."""
     any: list[Keyword] = Field(default_factory=list)
+    """At least one of these substrings must occur (each 1-200 characters)."""
     all: list[Keyword] = Field(default_factory=list)
+    """Every one of these substrings must occur."""
     regex: str | None = None
+    """A Python regular expression searched in the message (compiled at start-up)."""
     exclude: list[Keyword] = Field(default_factory=list)
+    """None of these substrings may occur."""
     max_length: proxy.PositiveInt | None = None
+    """Only messages of at most this many characters (so a long coupon calculation is not
+    answered by a rule meant for "优惠券怎么用?")."""
     answer: proxy.NonEmptyStr
+    """The reply text."""
     model: proxy.NonEmptyStr | None = None
+    """The reply's `model` field; unset: the requested model."""
 
     @field_validator("name")
     @classmethod
@@ -83,8 +86,15 @@ class RuleSettings(proxy.Settings):
 
 
 class FaqSettings(proxy.Settings):
+    """Rule-based answers without a model: rules match the last user message (the prompt for
+    legacy completions), in order; the first hit answers, with no upstream call. A rule needs at
+    least one of `any`, `all`, `regex`. See the
+    [README](../README.md#pluginsfaq--rule-based-answers-without-a-model)."""
+
     rules: list[RuleSettings] = Field(default_factory=list)
+    """The rules, tried in order."""
     case_sensitive: bool = False
+    """`false`: keywords and regexes match in any case."""
 
 
 class Rule:
@@ -235,6 +245,7 @@ class FaqPlugin:
     """Short-circuits requests whose last user message matches a configured rule."""
 
     name = "faq"
+    settings_model = FaqSettings
 
     def __init__(self) -> None:
         self.matcher: Matcher | None = None
@@ -244,7 +255,7 @@ class FaqPlugin:
 
     @proxy.hookimpl
     def proxy_configure(self, config: proxy.Config, registry: CollectorRegistry) -> None:
-        settings = config.plugin_settings(self.name, FaqSettings)
+        settings = config.plugin_settings(self.name, self.settings_model)
         fold = not settings.case_sensitive
         errors: list[proxy.ConfigError] = []
         seen: dict[str, int] = {}

@@ -5,7 +5,8 @@ An observer: it counts what other stages decided and never changes a request. Pe
 keeps one-second buckets of the last minute (requests, and US dollars as the cost plugin
 priced them in ``ctx.cost``): requests per second over the last ``window_s`` seconds, cost
 over the last minute. Routes and deployments of names only a catalogue pattern serves are
-counted under the pattern, so the meter's memory is bounded by the config.
+counted under the pattern, so the meter's memory is bounded by the config. Settings:
+:class:`TrafficSettings` (``plugins.traffic`` in ``docs/configuration.md``).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ _MINUTE = 60
 
 
 class TrafficSettings(proxy.Settings):
-    """``plugins.traffic``."""
+    """The traffic meter: requests per second, requests in flight and cost per minute, per route
+    and per deployment, for `floodgate status`. An observer: it never changes a request."""
 
-    #: Requests per second are averaged over this many seconds (cost per minute: always the last minute).
     window_s: proxy.PositiveInt = 10
+    """Requests per second are averaged over this many seconds (cost per minute: always the last
+    minute)."""
 
 
 class Meter:
@@ -64,6 +67,7 @@ class TrafficPlugin:
     """
 
     name = "traffic"
+    settings_model = TrafficSettings
 
     def __init__(self, clock: proxy.Clock | None = None) -> None:
         self.clock: proxy.Clock = clock if clock is not None else proxy.LoopClock()
@@ -74,7 +78,7 @@ class TrafficPlugin:
 
     @proxy.hookimpl
     def proxy_configure(self, config: proxy.Config) -> None:
-        self.window = config.plugin_settings(self.name, TrafficSettings).window_s
+        self.window = config.plugin_settings(self.name, self.settings_model).window_s
         self.config = config
         self._known_routes = frozenset(config.models) | config.route_names
 

@@ -9,7 +9,9 @@ A reference is ``"package.module"`` or ``"package.module:attribute"``. A module
 that defines ``floodgate_plugin`` (a class) is registered as an instance of it;
 a referenced class is instantiated with no arguments; anything else (a module,
 an instance) is registered as it is. Plugin objects are created per application,
-so their state is never shared between apps.
+so their state is never shared between apps. A plugin's ``settings_model``
+attribute, if any, must be a pydantic model: the class that validates its
+``plugins.<name>`` block, which ``floodgate config reference`` documents.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pluggy
+from pydantic import BaseModel
 
 from . import hookspecs
 from .errors import ConfigError
@@ -140,6 +143,10 @@ def build_plugin_manager(
             errors.append(ConfigError("plugins", f"two plugins are named {name!r} ({source})"))
             return
         pm.register(obj, name=name)
+        model = getattr(obj, "settings_model", None)
+        if model is not None and not (inspect.isclass(model) and issubclass(model, BaseModel)):
+            errors.append(ConfigError(f"plugins.{name}", f"plugin {name!r}: settings_model must be a pydantic "
+                                      f"model class (a proxy.Settings), not {model!r}"))
         # The module a reference named (``plugins.auth``), not the file inside a package
         # that happens to define the class (``plugins.auth.plugin``).
         module = module or str(getattr(inspect.getmodule(obj) or obj, "__name__", "?"))

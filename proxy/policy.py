@@ -23,9 +23,14 @@ class RateLimits(Settings):
     """Per-key limits; each one set overrides the rate limiter's per-key default."""
 
     requests_per_second: PositiveFloat | None = None
+    """Sustained request rate (the request bucket's refill); unset: `per_key`'s."""
     burst: PositiveInt | None = None
+    """Request bucket capacity: requests that may arrive at once; unset: `per_key`'s, else
+    ⌈`requests_per_second`⌉."""
     tokens_per_minute: PositiveInt | None = None
+    """Token bucket: capacity and refill per minute (prompt and completion); unset: `per_key`'s."""
     max_concurrent: PositiveInt | None = None
+    """Requests in flight at once; unset: `per_key`'s."""
 
 
 class Budget(Settings):
@@ -36,7 +41,9 @@ class Budget(Settings):
     """
 
     daily_usd: NonNegativeFloat | None = None
+    """US dollars per UTC day; left out: the default budget's; `null`: no cap."""
     monthly_usd: NonNegativeFloat | None = None
+    """US dollars per UTC calendar month; left out: the default budget's; `null`: no cap."""
 
     def limit(self, period: str, default: float | None) -> float | None:
         """This key's cap for ``period`` (``"daily_usd"`` / ``"monthly_usd"``)."""

@@ -15,6 +15,10 @@ NonEmptyStr = Annotated[str, Field(min_length=1)]
 
 
 class Settings(BaseModel):
-    """Base for every config section, core or plugin: strict, immutable."""
+    """Base for every config section, core or plugin: strict, immutable.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Each field's attribute docstring is its documentation (``use_attribute_docstrings``): the
+    configuration reference (:mod:`proxy.config.reference`) renders it, and a test requires it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)

@@ -1,17 +1,6 @@
 """API keys: who may call the gateway, which models each key may use, per-key limits.
 
-Settings (``plugins.auth``)::
-
-    plugins:
-      auth:
-        admin_key_sha256: 9f86d0...        # or admin_key: ${FLOODGATE_ADMIN_KEY}
-        keys:
-          - {name: shop-bot, key: "${SHOP_BOT_KEY}", models: ["deepseek-*", gpt-4.1-mini]}
-          - name: analytics
-            sha256: 2c26b4...              # hex SHA-256 of the secret: the file holds no secret
-            priority: 10
-            rate_limit: {requests_per_second: 5, burst: 10}
-            budget: {daily_usd: 20}
+Settings: :class:`~.settings.AuthSettings` (``plugins.auth`` in ``docs/configuration.md``).
 
 Clients send their key as ``Authorization: Bearer <key>`` (what every OpenAI SDK
 does) or in an ``api-key`` header (what the Azure OpenAI SDKs send). Secrets are

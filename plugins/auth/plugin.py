@@ -35,6 +35,7 @@ class AuthPlugin:
     """Checks API keys; fills ``ctx.principal`` with the key's name and per-key settings."""
 
     name = "auth"
+    settings_model = AuthSettings
 
     def __init__(self) -> None:
         self.keys: dict[bytes, _Key] = {}  # by SHA-256 digest; the admin key included
@@ -45,7 +46,7 @@ class AuthPlugin:
     # -- configuration ------------------------------------------------------
     @proxy.hookimpl
     def proxy_configure(self, config: proxy.Config, registry: CollectorRegistry) -> None:
-        settings = config.plugin_settings(self.name, AuthSettings)
+        settings = config.plugin_settings(self.name, self.settings_model)
         base = ("plugins", self.name)
         errors: list[proxy.ConfigError] = []
         keys: dict[bytes, _Key] = {}

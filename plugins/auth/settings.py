@@ -45,15 +45,33 @@ class KeySettings(proxy.Settings):
     """One client key: exactly one of ``key`` or ``sha256``."""
 
     name: str
+    """Unique, safe to log: 1-64 letters, digits and `. _ : @ -`, starting with a letter or
+    digit; not `admin` or `anonymous`. Logs and metrics know the caller by it."""
     key: SecretStr | None = None
+    """The secret (normally `${ENV_VAR}`, at least 8 characters); give this or `sha256`."""
     sha256: str | None = None
+    """The secret's hex SHA-256 (from `floodgate key new`): the file then holds no secret; give
+    this or `key`."""
     models: list[proxy.NonEmptyStr] | None = None
+    """Allowed models: names or globs (`deepseek-*`), matched against the name the client asked
+    for; unset: all. Others get 403 `model_not_allowed` and are left out of `GET /v1/models`."""
     endpoints: list[proxy.NonEmptyStr] | None = None
+    """Passthrough endpoints it may reach (the first path segment under `/v1`: `files`,
+    `batches`, `responses`, ..., or `"*"`); `[]`: none. Unset: every one for a key without
+    `models`; with `models`, those whose JSON body names an allowed model."""
     priority: int = 0
+    """Higher waits less in the rate limiter's queue."""
     rate_limit: proxy.RateLimits | None = None
+    """Its own limits, each overriding `plugins.ratelimit.per_key`'s."""
     budget: proxy.Budget | None = None
+    """Its spending caps (UTC periods), enforced by the cost plugin; unset:
+    `plugins.cost.default_budget`."""
     force_tier: bool = False
-    degrade: bool = True  # false: never served degraded under overload (the route's models, or an error)
+    """May pick a router tier with the `x-floodgate-tier` header (other keys sending it get
+    403)."""
+    degrade: bool = True
+    """`false`: never served degraded under overload — the route's own models or an error, never
+    a canned, cheaper or shorter answer."""
 
     def policy(self) -> proxy.KeyPolicy:
         """This key's :class:`proxy.KeyPolicy`, the value every other plugin reads."""
@@ -91,9 +109,18 @@ class KeySettings(proxy.Settings):
 
 
 class AuthSettings(proxy.Settings):
+    """API keys: who may call the gateway, which models and endpoints each key may use, its
+    priority, limits and budget. With no keys and no admin key every caller is `anonymous`;
+    with only an admin key the OpenAI endpoints stay open. See the
+    [README](../README.md#pluginsauth--api-keys)."""
+
     keys: list[KeySettings] = Field(default_factory=list)
+    """The client keys."""
     admin_key: SecretStr | None = None
+    """The admin key (from the environment, at least 8 characters): authenticates as `admin`,
+    which opens the admin endpoints (`/-/usage`, `/-/status`, the details of `/-/plugins`)."""
     admin_key_sha256: str | None = None
+    """Instead of `admin_key`: its hex SHA-256."""
 
     @field_validator("admin_key", mode="before")
     @classmethod

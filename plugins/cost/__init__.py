@@ -22,12 +22,7 @@
   (:mod:`.ledger`): a killed worker loses no answered request. ``floodgate usage``
   and ``GET /-/usage`` summarise it.
 
-Example::
-
-    plugins:
-      cost:
-        default_budget: {daily_usd: 5, monthly_usd: 100}
-        ledger: {path: /var/lib/floodgate/usage.db}
+Settings: :class:`~.settings.CostSettings` (``plugins.cost`` in ``docs/configuration.md``).
 
 Parts:
 

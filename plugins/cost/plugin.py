@@ -44,6 +44,7 @@ class CostPlugin:
     """
 
     name = "cost"
+    settings_model = CostSettings
 
     def __init__(self, *, clock: proxy.Clock | None = None, store: BudgetStore | None = None) -> None:
         self.clock: proxy.Clock = clock or proxy.LoopClock()
@@ -66,7 +67,7 @@ class CostPlugin:
     # -- configuration -----------------------------------------------------------
     @proxy.hookimpl
     def proxy_configure(self, config: proxy.Config, registry: CollectorRegistry, state: proxy.SharedState) -> None:
-        self.settings = settings = config.plugin_settings(self.name, CostSettings)
+        self.settings = settings = config.plugin_settings(self.name, self.settings_model)
         if self._chosen:  # kept by the state: a reload keeps spending and reservations in flight
             if state.backend == "redis":
                 self.shared = fleet_budgets(state)

@@ -21,19 +21,38 @@ class BudgetSettings(proxy.Settings):
     """US dollars a key may spend per UTC calendar period; ``None`` = unlimited."""
 
     daily_usd: proxy.NonNegativeFloat | None = None
+    """US dollars per UTC day; unset: no cap."""
     monthly_usd: proxy.NonNegativeFloat | None = None
+    """US dollars per UTC calendar month; unset: no cap."""
 
 
 class LedgerSettings(proxy.Settings):
+    """The usage ledger: where rows are stored, and how often they move there."""
+
     enabled: bool = True
+    """One row per request that goes upstream or lists models (model calls, model lists,
+    passthrough; not `/-/` admin calls)."""
     backend: Literal["sqlite", "postgresql"] = "sqlite"
-    path: str = "usage.db"  # sqlite
-    url: str | None = None  # postgresql: a DSN (a secret: never printed)
-    schema_name: str | None = Field(None, alias="schema")  # postgresql: the table's schema
+    """`sqlite` (one host; WAL, safe with several worker processes writing the same file) or
+    `postgresql` (a fleet)."""
+    path: str = "usage.db"
+    """SQLite: the file, relative to the working directory, on a local filesystem; `:memory:`
+    keeps nothing (and has no journal)."""
+    url: str | None = None
+    """PostgreSQL (required with `backend: postgresql`): a DSN, `postgresql://user@host:5432/db`
+    (asyncpg). A secret, never printed: use `${LEDGER_DSN}`."""
+    schema_name: str | None = Field(None, alias="schema")
+    """PostgreSQL: the schema of the `usage` table (created if missing); unset: the server's
+    `search_path`."""
     journal_dir: str | None = None
+    """This host's journals (local disk, shared by the workers of one host); unset:
+    `<path>.journal.d/` beside the SQLite file, `./usage-journal/` for PostgreSQL."""
     batch_size: proxy.PositiveInt = 200
+    """Rows moved from the journal to the database per batch, off the hot path."""
     flush_interval_s: proxy.PositiveFloat = 1.0
+    """Seconds between moves at least; everything pending is stored on shutdown."""
     warn_backlog: proxy.PositiveInt = 10_000
+    """Log a warning when this many rows wait (none is dropped)."""
 
     @field_validator("url")
     @classmethod
@@ -57,10 +76,18 @@ class LedgerSettings(proxy.Settings):
 
 
 class CostSettings(proxy.Settings):
+    """Exact cost at the catalogue's prices, per-key budgets that hold under concurrency (each
+    request reserves its maximum cost at admission), and the usage ledger that loses nothing
+    answered. See the [README](../README.md#pluginscost--exact-cost-budgets-the-usage-ledger)."""
+
     default_budget: BudgetSettings = BudgetSettings()
-    #: Output tokens reserved at admission for a request that sets no output limit.
+    """The budget of keys without their own (`keys[].budget` of the auth plugin)."""
     default_max_tokens: proxy.NonNegativeInt = 1024
+    """Output tokens reserved at admission for a request that sets no output limit (nor does its
+    route)."""
     ledger: LedgerSettings = LedgerSettings()
+    """The usage ledger: one row per request, journaled on local disk, then stored in SQLite or
+    PostgreSQL."""
 
 
 def ledger_path(config: proxy.Config, settings: LedgerSettings) -> str:

@@ -24,6 +24,8 @@ it (``degraded``); ``floodgate_degrade_requests_total{route,step}`` counts them,
 ``floodgate_degrade_steps_in_force{route}`` and ``floodgate_degrade_transitions_total``
 show the ladder, and ``/-/status`` the step in force per route.
 
+Settings: :class:`~.settings.DegradeSettings` (``plugins.degrade`` in ``docs/configuration.md``).
+
 Parts:
 
 * :mod:`.settings` — the ``plugins.degrade`` block;

@@ -33,6 +33,7 @@ class DegradePlugin:
     """
 
     name = "degrade"
+    settings_model = DegradeSettings
 
     def __init__(self, clock: proxy.Clock | None = None) -> None:
         self.clock: proxy.Clock = clock if clock is not None else proxy.LoopClock()
@@ -44,7 +45,7 @@ class DegradePlugin:
     # -- configuration ------------------------------------------------------
     @proxy.hookimpl
     def proxy_configure(self, config: proxy.Config, registry: CollectorRegistry) -> None:
-        self.settings = settings = config.plugin_settings(self.name, DegradeSettings)
+        self.settings = settings = config.plugin_settings(self.name, self.settings_model)
         self.config = config
         errors = []
         for route, ladder in settings.routes.items():

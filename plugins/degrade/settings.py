@@ -17,23 +17,27 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
 class StepSettings(proxy.Settings):
-    """One rung of the ladder: a name and exactly one action.
+    """One rung of the ladder: a name and exactly one action (``faq``, ``route``, ``max_tokens``,
+    ``shed_below_priority``, ``reject``)."""
 
-    * ``faq: true`` — short-circuit plugins may answer looser matches (the FAQ plugin then
-      ignores its rules' ``max_length`` and ``exclude``);
-    * ``route: <name>`` — move the request to that (cheaper) route, if it has capacity;
-    * ``max_tokens: N`` — cap the answer's length at N (whichever field the client used);
-    * ``shed_below_priority: P`` — refuse keys whose priority is below P (429, ``retry-after``);
-    * ``reject: true`` — refuse (429, ``retry-after``).
-    """
-
-    name: str | None = None  # default: the action's name ("faq", "route", ...)
+    name: str | None = None
+    """Sent in `x-floodgate-degraded` and a metric label: 1-64 ASCII letters, digits and
+    `. _ : -`; unset: its action's name (`faq`, `route`, ...)."""
     faq: bool | None = None
+    """Action `true`: short-circuit plugins may answer looser matches (the FAQ: its rules'
+    `max_length` and `exclude` ignored)."""
     route: proxy.NonEmptyStr | None = None
+    """Action: move the request to this (cheaper) route, if that route has capacity (its own
+    predicted wait within its threshold)."""
     max_tokens: proxy.PositiveInt | None = None
+    """Action: cap the answer at this many tokens, in the field the client (or its route) used;
+    the request continues down the ladder."""
     shed_below_priority: int | None = None
+    """Action: refuse keys whose `priority` is below this."""
     reject: bool | None = None
-    retry_after_s: proxy.PositiveFloat = 5.0  # shed and reject: what the 429 says
+    """Action `true`: refuse."""
+    retry_after_s: proxy.PositiveFloat = 5.0
+    """Shed and reject: the 429's `retry-after` (code `overloaded`)."""
 
     @field_validator("name")
     @classmethod
@@ -63,17 +67,19 @@ class StepSettings(proxy.Settings):
 class LadderSettings(proxy.Settings):
     """``plugins.degrade.routes.<route>``: when capacity is short, and the steps, in order."""
 
-    #: A request that would wait longer than this for the route's capacity finds it short: the steps
-    #: in force apply to it, and if none absorbs it the next step comes into force.
     threshold_ms: proxy.PositiveFloat = 250.0
-    #: Capacity is back while requests would wait less than this.
+    """A request whose predicted wait for the route's capacity is above this finds it short: the
+    steps in force apply to it, and if none absorbs it the next step comes into force."""
     recover_ms: proxy.NonNegativeFloat = 50.0
-    #: The last step in force comes off once capacity has been back this long (then the next one).
+    """Capacity is back while predicted waits are below this (below `threshold_ms`)."""
     hold_s: proxy.PositiveFloat = 10.0
-    #: At most one more step comes into force this often (and only while the wait is not improving):
-    #: the time the steps in force get to show their effect on the queue.
+    """The last step in force comes off once capacity has been back this long; then the next,
+    one at a time."""
     escalate_s: proxy.NonNegativeFloat = 1.0
+    """At most one more step this often, and only while the wait has not improved by a tenth
+    since the last one came in (the time the steps in force get to show their effect)."""
     steps: Annotated[list[StepSettings], Field(min_length=1)]
+    """The steps, in the order they come into force; each has exactly one action."""
 
     @model_validator(mode="after")
     def _hysteresis(self) -> LadderSettings:
@@ -83,6 +89,11 @@ class LadderSettings(proxy.Settings):
 
 
 class DegradeSettings(proxy.Settings):
-    """``plugins.degrade``: overload ladders by route name (a router tier, or a catalogue model)."""
+    """The overload ladder: per route, ordered steps that apply while the route's capacity is
+    short, as the rate limiter predicts it (`proxy_predicted_wait`). Keys with `degrade: false`
+    are never degraded; a route without rate limits is never short. See the
+    [README](../README.md#pluginsdegrade--the-overload-ladder)."""
 
     routes: dict[str, LadderSettings] = {}
+    """A ladder per route name (a router tier, or a catalogue model's own route), checked at
+    start-up."""

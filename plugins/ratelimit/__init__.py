@@ -30,6 +30,8 @@ Every admission sets OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,to
 headers (the most restrictive bucket of each kind; ``reset`` is the time until
 it is full again), so they are on 200 and 429 responses alike.
 
+Settings: :class:`~.settings.RateLimitSettings` (``plugins.ratelimit`` in ``docs/configuration.md``).
+
 Parts:
 
 * :mod:`.settings` — the ``plugins.ratelimit`` block and per-scope ``Limits``;

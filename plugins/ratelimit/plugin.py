@@ -61,6 +61,7 @@ class RateLimitPlugin:
     """
 
     name = "ratelimit"
+    settings_model = RateLimitSettings
 
     def __init__(self, store: BucketStore | None = None, *, clock: proxy.Clock | None = None) -> None:
         self.clock: proxy.Clock = clock if clock is not None else proxy.LoopClock()
@@ -83,7 +84,7 @@ class RateLimitPlugin:
     # -- configuration ------------------------------------------------------
     @proxy.hookimpl
     def proxy_configure(self, config: proxy.Config, registry: CollectorRegistry, state: proxy.SharedState) -> None:
-        settings = config.plugin_settings(self.name, RateLimitSettings)
+        settings = config.plugin_settings(self.name, self.settings_model)
         errors = [
             config.error(("plugins", self.name, section, name),
                          f"unknown {noun} {name!r} (known: {', '.join(known) or 'none'})")

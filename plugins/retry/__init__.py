@@ -52,6 +52,8 @@ one — the route's next target or the same model again — the first to answer
 wins; at most ``hedge.max_ratio`` hedges per request, none while any plugin says
 it is overloaded (``proxy_overloaded``, asked by the core).
 
+Settings: :class:`~.settings.RetrySettings` (``plugins.retry`` in ``docs/configuration.md``).
+
 Parts:
 
 * :mod:`.settings` — the ``plugins.retry`` block;

@@ -53,6 +53,7 @@ class RetryPlugin:
     """
 
     name = "retry"
+    settings_model = RetrySettings
 
     def __init__(self, clock: proxy.Clock | None = None) -> None:
         self.clock: proxy.Clock = clock if clock is not None else proxy.LoopClock()
@@ -68,7 +69,7 @@ class RetryPlugin:
     # -- configuration ------------------------------------------------------
     @proxy.hookimpl
     def proxy_configure(self, config: proxy.Config, registry: CollectorRegistry, state: proxy.SharedState) -> None:
-        settings = config.plugin_settings(self.name, RetrySettings)
+        settings = config.plugin_settings(self.name, self.settings_model)
         errors = [config.error(("plugins", self.name, "models", model),
                                f"unknown model {model!r} (not in the catalogue)")
                   for model in settings.models if model not in config.models]

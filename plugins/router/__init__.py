@@ -9,21 +9,10 @@ Existing clients reach a route through the core's ``aliases``
 
 A tier is its model, ordered fallbacks, ``max_tokens`` default and cap, an
 optional system prompt and parameter overrides; they become the route's
-targets' ``overrides``, so fallbacks get the same treatment::
+targets' ``overrides``, so fallbacks get the same treatment. Settings:
+:class:`~.settings.RouterSettings` (``plugins.router`` in ``docs/configuration.md``).
 
-    plugins:
-      router:
-        selector: auto
-        default: simple
-        routes:
-          simple:  {model: deepseek-v3.2, fallbacks: [gemini-2.5-flash],
-                    max_tokens: {default: 512, cap: 1024}}
-          complex: {model: gpt-4.1, fallbacks: [gemini-2.5-flash]}
-        rules:
-          - {name: reasoning, route: complex, keywords: [为什么, 分析, why]}
-          - {name: long, route: complex, min_prompt_tokens: 2000}
-
-A key whose principal has ``settings["force_tier"]`` may choose a tier with the
+A key whose policy has ``force_tier`` may choose a tier with the
 ``x-floodgate-tier`` request header (it wins over the requested model, even an
 explicit catalogue model); anyone else sending it gets 403
 ``tier_forcing_not_allowed`` (never silently ignored), an unknown tier 400.

@@ -39,6 +39,7 @@ class RouterPlugin:
     """Routes ``auto`` (and aliases of it) to a tier chosen by rules; route names directly."""
 
     name = "router"
+    settings_model = RouterSettings
 
     def __init__(self) -> None:
         self.settings = RouterSettings()
@@ -53,7 +54,7 @@ class RouterPlugin:
     # -- configuration --------------------------------------------------------
     @proxy.hookimpl
     def proxy_configure(self, config: proxy.Config, registry: CollectorRegistry) -> None:
-        self.settings = settings = config.plugin_settings(self.name, RouterSettings)
+        self.settings = settings = config.plugin_settings(self.name, self.settings_model)
         self.selector = settings.selector
         self.default = settings.default or ""
         errors = check(config, settings)

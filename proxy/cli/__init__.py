@@ -1,6 +1,7 @@
 """The ``floodgate`` command line.
 
-The core adds ``serve``, ``check`` and ``reload`` (``commands``); every other command comes
+The core adds ``serve``, ``check`` and ``reload`` (``commands``) and ``config reference``
+(``reference``); every other command comes
 from a plugin's ``proxy_add_commands``: the built-ins (``usage``, ``route``,
 ``key``) and the tools registered as entry points (``mock-upstream``,
 ``loadtest``, ``demo``).
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 
 from ..hooks import Hooks
 from ..loader import BUILTIN_PLUGINS, build_plugin_manager
+from . import reference
 from .commands import add_config_option, cmd_check, cmd_reload, cmd_serve, workers_option
 
 __all__ = ["add_config_option", "build_parser", "main"]
@@ -55,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "Prints each error with its file, line and key path; exit status 1 on error.")
     add_config_option(check)
     check.set_defaults(func=cmd_check)
+    reference.add_parser(sub)
 
     # Plugin commands (built-ins and entry points; config-listed modules need a config first).
     pm, _, errors = build_plugin_manager(core=[], builtins=BUILTIN_PLUGINS)

@@ -5,7 +5,8 @@
 - ``validation``: pydantic errors as ``config.yaml:LINE dotted.path: message``;
 - ``catalogue``: :class:`Config`, the validated config of one application;
 - ``patterns``, ``lookup``: catalogue globs (``gpt-*``) and which entry serves a model name;
-- ``loading``: :func:`load_config`, :func:`parse_config`, :func:`config_from_dict`.
+- ``loading``: :func:`load_config`, :func:`parse_config`, :func:`config_from_dict`;
+- ``reference``: the configuration reference (``docs/configuration.md``) rendered from the models.
 """
 
 from ..settings import NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Settings
