@@ -53,8 +53,8 @@ class KeySettings(proxy.Settings):
     """The secret's hex SHA-256 (from `floodgate key new`): the file then holds no secret; give
     this or `key`."""
     models: list[proxy.NonEmptyStr] | None = None
-    """Allowed models: names or globs (`deepseek-*`), matched against the name the client asked
-    for; unset: all. Others get 403 `model_not_allowed` and are left out of `GET /v1/models`."""
+    """Allowed models (at least one): names or globs (`deepseek-*`), matched against the name the
+    client asked for; unset: all. Others get 403 `model_not_allowed` and are left out of `GET /v1/models`."""
     endpoints: list[proxy.NonEmptyStr] | None = None
     """Passthrough endpoints it may reach (the first path segment under `/v1`: `files`,
     `batches`, `responses`, ..., or `"*"`); `[]`: none. Unset: every one for a key without

@@ -102,7 +102,7 @@ class RateLimitSettings(proxy.Settings):
     global_: Limits | None = Field(default=None, alias="global")
     """Limits on all traffic."""
     per_key: Limits | None = None
-    """Limits of every key (per key); a key's `rate_limit` overrides them."""
+    """Limits each key gets (buckets of its own); a key's `rate_limit` overrides them."""
     models: dict[str, Limits] = Field(default_factory=dict)
     """Limits per catalogue entry (of the route's first target; a pattern's name for the names it
     serves)."""

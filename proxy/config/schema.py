@@ -137,7 +137,7 @@ class UpstreamSettings(Settings):
     timeouts: Timeouts = Timeouts()
     """Per attempt; a catalogue entry may override each (`models.<name>.timeouts`)."""
     pool_size: PositiveInt = 100
-    """Pooled connections to this upstream."""
+    """Pooled connections to this upstream, per worker process."""
     stream_options: bool = True
     """Whether it accepts `stream_options.include_usage`: the gateway then asks for the usage of
     every stream (hiding that chunk from clients that did not ask). `false`: the field is
