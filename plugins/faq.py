@@ -61,7 +61,7 @@ class RuleSettings(proxy.Settings):
     """Unique; 1-64 ASCII letters, digits and `. _ -`. Sent in `x-floodgate-short-circuit:
     faq/<name>` and a metric label."""
     any: list[Keyword] = Field(default_factory=list)
-    """At least one of these substrings must occur (each 1-200 characters)."""
+    """At least one of these substrings must occur."""
     all: list[Keyword] = Field(default_factory=list)
     """Every one of these substrings must occur."""
     regex: str | None = None

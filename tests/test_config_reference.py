@@ -46,6 +46,8 @@ class _Inner(Settings):
 
     size: Annotated[int, Field(gt=0, le=9)] = 3
     """How big."""
+    tags: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=2)
+    """Tags."""
 
 
 class _Sample(Settings):
@@ -67,15 +69,17 @@ class _Sample(Settings):
 
 def test_rows_walk_nested_models_lists_and_maps():
     found = {row.key: row for row in rows(_Sample)}
-    assert list(found) == ["name", "mode", "inner", "inner.size", "items", "items[].size", "by_name",
-                           "by_name.<name>.size", "global", "undocumented"]
+    assert list(found) == ["name", "mode", "inner", "inner.size", "inner.tags", "items", "items[].size",
+                           "items[].tags", "by_name", "by_name.<name>.size", "by_name.<name>.tags", "global",
+                           "undocumented"]
     assert (found["name"].type, found["name"].default) == ("string", "required")
-    assert (found["mode"].type, found["mode"].default) == ("`a` or `b`", "`a`")
+    assert (found["mode"].type, found["mode"].default) == ("`a` | `b`", "`a`")
     assert (found["inner.size"].type, found["inner.size"].default, found["inner.size"].doc) == (
         "integer (> 0, ≤ 9)", "`3`", "How big.")
     assert (found["items"].type, found["items"].default) == ("list of object", "`[]`")
     assert (found["by_name"].type, found["by_name"].default) == ("map of object or null", "—")
     assert found["global"].type == "number or null"
+    assert found["inner.tags"].type == "list of string (at least 2 long, each not empty) or null"
 
 
 def test_the_docstring_check_names_each_undocumented_key():
@@ -88,6 +92,7 @@ def test_a_section_is_a_table_with_escaped_cells():
     assert text.startswith("## `plugins.sample`\n\nA sample block.\n\n| key | type | default | meaning |")
     assert "| `name` | string | required | Its \\| name. |" in text
     assert "| `undocumented` | boolean | `true` |  |" in text
+    assert "| `mode` | `a` \\| `b` | `a` | Which. |" in text
     plain = render_section(Section("aliases", "Names.", dict[str, str], "`{}`"))
     assert plain.endswith("Type: map of string. Default: `{}`.\n")
 

@@ -60,7 +60,8 @@ class KeySettings(proxy.Settings):
     `batches`, `responses`, ..., or `"*"`); `[]`: none. Unset: every one for a key without
     `models`; with `models`, those whose JSON body names an allowed model."""
     priority: int = 0
-    """Higher waits less in the rate limiter's queue."""
+    """Higher waits less in the rate limiter's queue (and is shed last: the overload ladder's
+    `shed_below_priority`)."""
     rate_limit: proxy.RateLimits | None = None
     """Its own limits, each overriding `plugins.ratelimit.per_key`'s."""
     budget: proxy.Budget | None = None

@@ -30,8 +30,8 @@ class LedgerSettings(proxy.Settings):
     """The usage ledger: where rows are stored, and how often they move there."""
 
     enabled: bool = True
-    """One row per request that goes upstream or lists models (model calls, model lists,
-    passthrough; not `/-/` admin calls)."""
+    """One row per finished request (model calls, short-circuited ones included, model lists,
+    passthrough; not `/-/` admin calls), and one per hedge that lost its race."""
     backend: Literal["sqlite", "postgresql"] = "sqlite"
     """`sqlite` (one host; WAL, safe with several worker processes writing the same file) or
     `postgresql` (a fleet)."""

@@ -15,7 +15,7 @@ class BreakerSettings(proxy.Settings):
     """``plugins.retry.breaker``: one circuit breaker per catalogue model (per deployment)."""
 
     enabled: bool = True
-    """One circuit breaker per model, per deployment for a model with several."""
+    """One circuit breaker per model (per deployment for a model with several); `false`: none."""
     failures: proxy.PositiveInt = 5
     """Open after this many failures in a row."""
     failure_ratio: Annotated[float, Field(gt=0, le=1)] | None = 0.5

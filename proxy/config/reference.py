@@ -102,27 +102,37 @@ def _constraint(item: Any) -> str | None:
 _NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", SecretStr: "secret string"}
 
 
-def type_name(annotation: Any, constraints: Iterable[Any] = ()) -> str:
-    """How the reference writes a type: ``number (> 0) or null``, ``list of object``."""
+def _describe(annotation: Any) -> tuple[str, list[str]]:
+    """A type without ``None``: its name, and its constraints (an item's prefixed ``each``)."""
     annotation, inner = _parts(annotation)
-    arms = _arms(annotation)
-    if len(arms) > 1:
-        names = [type_name(arm) for arm in arms if arm is not type(None)]
-        text = " or ".join(names) + (" or null" if type(None) in arms else "")
-    else:
-        origin, args = get_origin(annotation), get_args(annotation)
-        if origin is Literal:
-            text = " or ".join(f"`{value}`" for value in args)
-        elif origin in (list, tuple):
-            text = f"list of {type_name(args[0])}"
-        elif origin is dict:
-            text = f"map of {type_name(args[1])}"
-        elif _is_model(annotation):
-            text = "object"
-        else:
-            text = _NAMES.get(annotation, "any")
-    bounds = [c for c in map(_constraint, [*inner, *constraints]) if c]
-    return f"{text} ({', '.join(bounds)})" if bounds else text
+    bounds = [c for c in map(_constraint, inner) if c]
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, types.UnionType):
+        return " or ".join(type_name(arm) for arm in args), bounds
+    if origin is Literal:
+        return " | ".join(f"`{value}`" for value in args), bounds
+    if origin in (list, tuple, dict):
+        item, each = _describe(args[-1] if origin is dict else args[0])
+        text = f"{'map' if origin is dict else 'list'} of {item}"
+        return text, bounds + ([f"each {', '.join(each)}"] if each else [])
+    if _is_model(annotation):
+        return "object", bounds
+    return _NAMES.get(annotation, "any"), bounds
+
+
+def type_name(annotation: Any, constraints: Iterable[Any] = ()) -> str:
+    """How the reference writes a type: ``number (> 0) or null``, ``list of string (each not empty)``;
+    ``constraints`` (a field's own) bound what is not ``null``."""
+    annotation, inner = _parts(annotation)
+    own = [c for c in map(_constraint, [*inner, *constraints]) if c]
+    names = []
+    for arm in _arms(annotation):
+        if arm is type(None):
+            continue
+        text, bounds = _describe(arm)
+        bounds = own + bounds
+        names.append(f"{text} ({', '.join(bounds)})" if bounds else text)
+    return " or ".join(names) + (" or null" if type(None) in _arms(annotation) else "")
 
 
 def _value(value: Any) -> str:
