@@ -128,7 +128,8 @@ async def test_a_breaker_opened_by_one_worker_is_open_for_the_other_and_probed_o
             if attempt.target.model == "gpt-4.1":
                 probes.append((h, ctx, attempt))
     assert len(probes) == 1  # one probe in the whole fleet
-    assert {p.breakers["gpt-4.1"].state for p in plugins} == {HALF_OPEN}
+    await eventually(lambda: {p.breakers["gpt-4.1"].state for p in plugins} == {HALF_OPEN},
+                     "half-open everywhere (published to the other worker)")
     h, ctx, attempt = probes[0]
     h.attempt(ctx, target=attempt.target, status=200)
     await h.finished(ctx)  # its success closes the breaker everywhere
