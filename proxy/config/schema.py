@@ -6,6 +6,7 @@ misspelled key is an error naming its path and line, never silently ignored.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ class ServerSettings(Settings):
     workers: int | Literal["auto"] = 1
     #: Where ``floodgate serve`` writes its process id (``floodgate reload`` reads it).
     pid_file: str | None = Field(None, min_length=1)
+    #: ``auto``: uvloop when installed (the ``fast`` extra), else asyncio's loop.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
     @field_validator("workers", mode="before")
     @classmethod
@@ -52,6 +55,13 @@ class ServerSettings(Settings):
             return value
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
             raise ValueError(f"must be 'auto' or a whole number from 1 to {MAX_WORKERS}")
+        return value
+
+    @field_validator("event_loop")
+    @classmethod
+    def _event_loop(cls, value: str) -> str:
+        if value == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ValueError("uvloop is not installed here (pip install 'floodgate[fast]'), or use 'auto'")
         return value
 
     @property

@@ -19,6 +19,7 @@ from ..app import create_app
 from ..config import Config
 from ..keys import SERVED
 from ..state import SharedState
+from . import loops
 from .logs import configure_logging
 from .pidfile import pid_file
 from .protocol import GatewayRunner, ListenSite
@@ -127,5 +128,6 @@ def serve(config: Config, *, path: str | None = None, host: str | None = None, p
     sock = listen_socket(host or config.server.host, config.server.port if port is None else port)
     reloader = Reloader(app, config)
     with pid_file(config.server.pid_file):
-        asyncio.run(run_app(app, config, sock, reload=(lambda: reloader.reload_file(path)) if path else None))
+        loops.run(run_app(app, config, sock, reload=(lambda: reloader.reload_file(path)) if path else None),
+                  config.server.event_loop)
     return 0
