@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -32,6 +32,18 @@ log = logging.getLogger("floodgate.cost")
 _ADJECTIVE = {"day": "daily", "month": "monthly"}
 _STATE = "cost.reservation"
 _ROW = "cost.row_id"
+_POLICY_CACHE_SIZE = 10_000
+
+
+class _OnScrape(Gauge):
+    """A gauge brought up to date when collected (``refresh``), not on every request."""
+
+    refresh: Callable[[], None] | None = None
+
+    def collect(self) -> Any:
+        if self.refresh is not None:
+            self.refresh()
+        return super().collect()
 
 
 class CostPlugin:
@@ -58,6 +70,8 @@ class CostPlugin:
         self.prices: Prices | None = None
         self._default = Limits(None, None)
         self._limits_seen: dict[str, Limits] = {}  # keys with a budget, for the gauges
+        self._stale: set[str] = set()  # keys whose budget gauges changed since the last scrape
+        self._policy_limits: dict[int, tuple[proxy.KeyPolicy, Limits]] = {}
         self._gauge_day = 0.0  # the day the gauges were last set in
         self._series: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
         self._row_prefix = os.urandom(6).hex()
@@ -87,13 +101,19 @@ class CostPlugin:
         self._unpriced = proxy.LabelCache(Counter(
             "floodgate_cost_unpriced", "Requests that used an upstream at a cost the gateway cannot know "
             "(passthrough, models without a price)", ["key", "kind"], registry=registry))
-        # Workers report the same (fleet-wide) figures: the most recent report is the value.
-        self._remaining = proxy.LabelCache(Gauge(
+        # Workers report the same (fleet-wide) figures: the most recent report is the value. With
+        # budgets in this process, the gauges are computed when scraped, not set by every request.
+        remaining = _OnScrape(
             "floodgate_cost_budget_remaining_usd", "US dollars left in a key's budget for the current period",
-            ["key", "period"], registry=registry, multiprocess_mode="livemostrecent"))
-        self._reserved = proxy.LabelCache(Gauge(
+            ["key", "period"], registry=registry, multiprocess_mode="livemostrecent")
+        reserved = _OnScrape(
             "floodgate_cost_budget_reserved_usd", "US dollars reserved by a key's requests in flight",
-            ["key"], registry=registry, multiprocess_mode="livemostrecent"))
+            ["key"], registry=registry, multiprocess_mode="livemostrecent")
+        # Set after registering: a reload's adoption copies the previous generation's attributes.
+        remaining.refresh = reserved.refresh = self._refresh_gauges if self.shared is None else None
+        self._remaining = proxy.LabelCache(remaining)
+        self._reserved = proxy.LabelCache(reserved)
+        self._policy_limits.clear()
         self._rejected = proxy.LabelCache(Counter(
             "floodgate_cost_budget_rejections", "Requests refused because a budget was used up",
             ["key", "period"], registry=registry))
@@ -199,7 +219,7 @@ class CostPlugin:
             ctx.state[_STATE] = verdict.reservation
             self._begin(ctx, amount)
             if self.shared is None:
-                self._reserved(key).set(self.budgets.spent_now(key, self.clock.wall())[2])
+                self._stale.add(key)
             return
         assert verdict.period is not None
         self._rejected(key, verdict.period).inc()
@@ -305,12 +325,19 @@ class CostPlugin:
             hedged=True, deployment=attempt.target.deployment)
 
     def _limits(self, policy: proxy.KeyPolicy) -> Limits:
-        """A key's caps: its own values, else the plugin's default."""
+        """A key's caps: its own values, else the plugin's default (worked out once per policy)."""
         budget = policy.budget
         if budget is None:
             return self._default
-        return Limits(budget.limit("daily_usd", self._default.daily),
-                      budget.limit("monthly_usd", self._default.monthly))
+        cached = self._policy_limits.get(id(policy))
+        if cached is not None and cached[0] is policy:
+            return cached[1]
+        limits = Limits(budget.limit("daily_usd", self._default.daily),
+                        budget.limit("monthly_usd", self._default.monthly))
+        if len(self._policy_limits) >= _POLICY_CACHE_SIZE:
+            self._policy_limits.clear()
+        self._policy_limits[id(policy)] = (policy, limits)  # the policy is kept: its id stays its own
+        return limits
 
     def _refusal(self, key: str, amount: float, verdict: Verdict) -> proxy.Rejection:
         period, cap, spent, reserved = verdict.period or DAY, verdict.cap, verdict.spent, verdict.reserved
@@ -347,12 +374,20 @@ class CostPlugin:
         limits = self._limits(policy)
         if limits:
             self._limits_seen[key] = limits
+            self._stale.add(key)
+
+    def _refresh_gauges(self) -> None:
+        """The budget gauges of the keys that changed (of every key in a new period), at scrape time."""
+        now = self.clock.wall()
+        stale, self._stale = self._stale, set()
         if self.budgets.day_start != self._gauge_day:  # a new period: every key's remaining budget changed
             self._gauge_day = self.budgets.day_start
-            for other in self._limits_seen:
-                self._set_remaining(other, now)
-        elif limits:
-            self._set_remaining(key, now)
+            stale = set(self._limits_seen)
+        for key in stale:
+            if key in self._limits_seen:
+                self._set_remaining(key, now)
+            else:  # reserved without a budget of its own (the ledger alone)
+                self._reserved(key).set(self.budgets.spent_now(key, now)[2])
 
     def _set_remaining(self, key: str, now: float) -> None:
         self._gauge(key, self._limits_seen[key], *self.budgets.spent_now(key, now))
