@@ -22,7 +22,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector, DuplicateTimeseries
 
 from .hookspecs import hookimpl
-from .tally import InFlight, TalliedCounter, TalliedHistogram, Tally
+from .tally import CollectedCounter, CollectedHistogram, InFlight, Tally
 from .types import AttemptRecord, EndpointKind, RequestContext
 
 #: Set (to a directory) in worker processes: metric values live in files there, one set per process.
@@ -64,19 +64,20 @@ class CoreMetrics:
         self.registry = registry
         # Every request's counts: plain numbers until collected (one process; see proxy.tally).
         self.tally = tally = Tally(direct=bool(os.environ.get(MULTIPROC_ENV)))
-        requests = TalliedCounter(
+        requests = CollectedCounter(
             "floodgate_requests", "Requests by endpoint, model and HTTP status",
             ["endpoint", "model", "status"], registry=registry)
-        duration = TalliedHistogram(
+        duration = CollectedHistogram(
             "floodgate_request_duration_seconds", "Time from request received to response done",
             ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry)
-        overhead = TalliedHistogram(
+        overhead = CollectedHistogram(
             "floodgate_proxy_overhead_seconds", "Time the proxy added: total minus upstream time",
             ["endpoint"], buckets=OVERHEAD_BUCKETS, registry=registry)
-        upstream = TalliedHistogram(
+        upstream = CollectedHistogram(
             "floodgate_upstream_duration_seconds", "Duration of each upstream attempt",
             ["upstream", "model", "outcome"], buckets=LATENCY_BUCKETS, registry=registry)
-        requests.tally = duration.tally = overhead.tally = upstream.tally = tally
+        requests.before_collect = duration.before_collect = overhead.before_collect = tally.flush
+        upstream.before_collect = tally.flush
         self.requests = LabelCache(requests)
         self.duration = LabelCache(duration)
         self.overhead = LabelCache(overhead)

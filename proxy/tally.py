@@ -13,6 +13,7 @@ through, as before.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -85,23 +86,26 @@ class InFlight:
             self.value -= 1
 
 
-class TalliedCounter(Counter):
-    """A counter that flushes its :class:`Tally` before it is collected."""
+class _BeforeCollect:
+    """Runs ``before_collect`` (set after construction) each time the metric is collected."""
 
-    tally: Tally | None = None
-
-    def collect(self) -> Any:
-        if self.tally is not None:
-            self.tally.flush()
-        return super().collect()
-
-
-class TalliedHistogram(Histogram):
-    """A histogram that flushes its :class:`Tally` before it is collected."""
-
-    tally: Tally | None = None
+    before_collect: Callable[[], None] | None = None
 
     def collect(self) -> Any:
-        if self.tally is not None:
-            self.tally.flush()
-        return super().collect()
+        if self.before_collect is not None:
+            self.before_collect()
+        return super().collect()  # type: ignore[misc]
+
+
+class CollectedCounter(_BeforeCollect, Counter):
+    """A counter brought up to date when collected (e.g. a :class:`Tally` flushed)."""
+
+
+class CollectedHistogram(_BeforeCollect, Histogram):
+    """A histogram brought up to date when collected (e.g. a :class:`Tally` flushed)."""
+
+
+class CollectedGauge(_BeforeCollect, Gauge):
+    """A gauge computed when collected (``proxy.CollectedGauge``): values that change with every
+    request but are read only by scrapes need not be set by every request. With worker processes
+    the values live in files another worker reads: set them as they change there instead."""

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -33,17 +33,6 @@ _ADJECTIVE = {"day": "daily", "month": "monthly"}
 _STATE = "cost.reservation"
 _ROW = "cost.row_id"
 _POLICY_CACHE_SIZE = 10_000
-
-
-class _OnScrape(Gauge):
-    """A gauge brought up to date when collected (``refresh``), not on every request."""
-
-    refresh: Callable[[], None] | None = None
-
-    def collect(self) -> Any:
-        if self.refresh is not None:
-            self.refresh()
-        return super().collect()
 
 
 class CostPlugin:
@@ -103,14 +92,14 @@ class CostPlugin:
             "(passthrough, models without a price)", ["key", "kind"], registry=registry))
         # Workers report the same (fleet-wide) figures: the most recent report is the value. With
         # budgets in this process, the gauges are computed when scraped, not set by every request.
-        remaining = _OnScrape(
+        remaining = proxy.CollectedGauge(
             "floodgate_cost_budget_remaining_usd", "US dollars left in a key's budget for the current period",
             ["key", "period"], registry=registry, multiprocess_mode="livemostrecent")
-        reserved = _OnScrape(
+        reserved = proxy.CollectedGauge(
             "floodgate_cost_budget_reserved_usd", "US dollars reserved by a key's requests in flight",
             ["key"], registry=registry, multiprocess_mode="livemostrecent")
         # Set after registering: a reload's adoption copies the previous generation's attributes.
-        remaining.refresh = reserved.refresh = self._refresh_gauges if self.shared is None else None
+        remaining.before_collect = reserved.before_collect = self._refresh_gauges if self.shared is None else None
         self._remaining = proxy.LabelCache(remaining)
         self._reserved = proxy.LabelCache(reserved)
         self._policy_limits.clear()
