@@ -24,7 +24,7 @@ from ..errors import ConfigErrors
 from ..state import SharedState
 from . import loops
 from .control import EXIT_CONFIG, Channel
-from .logs import configure_logging
+from .logs import access_log_off_loop, configure_logging
 from .reload import Reloader
 from .run import raise_open_file_limit, run_app
 
@@ -45,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sock = socket.socket(fileno=args.listen_fd)
     sock.setblocking(False)
     control = socket.socket(fileno=args.control_fd)
-    return loops.run(_serve(args.index, args.workers, sock, control), args.event_loop)
+    with access_log_off_loop():
+        return loops.run(_serve(args.index, args.workers, sock, control), args.event_loop)
 
 
 async def _serve(index: int, workers: int, sock: socket.socket, control: socket.socket) -> int:
