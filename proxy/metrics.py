@@ -22,11 +22,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector, DuplicateTimeseries
 
 from .hookspecs import hookimpl
-from .tally import CollectedCounter, CollectedHistogram, InFlight, Tally
+from .tally import MULTIPROC_ENV, CollectedCounter, CollectedHistogram, InFlight, Tally, collected_here
 from .types import AttemptRecord, EndpointKind, RequestContext
 
-#: Set (to a directory) in worker processes: metric values live in files there, one set per process.
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+__all__ = ["MULTIPROC_ENV", "CoreMetrics", "LabelCache", "MetricsRegistry", "exposition"]
+
 #: What makes two metric objects the same series family: then one takes over the other's values.
 _IDENTITY = ("_type", "_name", "_labelnames", "_documentation", "_unit", "_upper_bounds", "_multiprocess_mode",
              "_states")
@@ -63,7 +63,7 @@ class CoreMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         # Every request's counts: plain numbers until collected (one process; see proxy.tally).
-        self.tally = tally = Tally(direct=bool(os.environ.get(MULTIPROC_ENV)))
+        self.tally = tally = Tally(direct=not collected_here())
         requests = CollectedCounter(
             "floodgate_requests", "Requests by endpoint, model and HTTP status",
             ["endpoint", "model", "status"], registry=registry)

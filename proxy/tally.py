@@ -12,11 +12,21 @@ through, as before.
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
+
+#: Set (to a directory) in worker processes: metric values live in files there, one set per process.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def collected_here() -> bool:
+    """Whether this process's own ``collect()`` produces what ``/metrics`` exports (no worker
+    processes: without ``PROMETHEUS_MULTIPROC_DIR``, where values are read from files)."""
+    return not os.environ.get(MULTIPROC_ENV)
 
 
 class Tally:
@@ -108,4 +118,7 @@ class CollectedHistogram(_BeforeCollect, Histogram):
 class CollectedGauge(_BeforeCollect, Gauge):
     """A gauge computed when collected (``proxy.CollectedGauge``): values that change with every
     request but are read only by scrapes need not be set by every request. With worker processes
-    the values live in files another worker reads: set them as they change there instead."""
+    the values live in files another worker reads: set them as they change there instead
+    (:meth:`collected_here` says which)."""
+
+    collected_here = staticmethod(collected_here)
