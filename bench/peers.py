@@ -23,8 +23,9 @@ from bench import configs
 #: The version measured. 1.82.7 and 1.82.8 were a compromised release: never installed.
 LITELLM_VERSION = "1.108.7"
 COMPROMISED = frozenset({"1.82.7", "1.82.8"})
-PEERS = ("litellm",)
-LABELS = {"litellm": f"LiteLLM proxy {LITELLM_VERSION}"}
+#: ``lean``: the floor with a lean httptools upstream client (``bench/lean_forwarder.py``, a measurement).
+PEERS = ("litellm", "lean")
+LABELS = {"litellm": f"LiteLLM proxy {LITELLM_VERSION}", "lean": "forwarder, httptools client"}
 #: Where peer environments live between runs (outside the repository and its own venv).
 CACHE = Path(os.environ.get("FLOODGATE_BENCH_CACHE", Path.home() / ".cache" / "floodgate-bench"))
 

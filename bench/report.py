@@ -236,7 +236,7 @@ class Report:
                 by_cpu = median([1 / r for r in cpu_ratios])
                 self.add("CPU per request, full / forwarder", f"{fmt(by_cpu)}", f"≤ {FULL_CPU_RATIO_MAX}",
                          by_cpu is not None and by_cpu <= FULL_CPU_RATIO_MAX)
-            if t in PEERS:
+            if t in PEER_RATIO_MIN:
                 peer = statistics.median([rd["full"]["rps"] / rd[t]["rps"] for rd in rounds if rd[t]["rps"]])
                 self.add(f"throughput full / {t}", f"{peer:.1f}×", f"≥ {PEER_RATIO_MIN[t]:g}×",
                          peer >= PEER_RATIO_MIN[t], f"{errors} errors of {t}" if errors else "")

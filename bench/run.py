@@ -127,6 +127,10 @@ class Bench:
             if target == "forwarder":
                 argv = self.forwarder_argv(stack.mock, port)
                 ready = "/v1/models"
+            elif target == "lean":
+                argv = [sys.executable, str(REPO / "bench" / "lean_forwarder.py"), "--upstream", stack.mock,
+                        "--port", str(port), "--loop", self.loop]
+                ready = "/v1/models"
             elif target == "litellm":
                 argv, env = peers.litellm_argv(self.workdir, name, f"{stack.mock}/v1", port, self.procs.env)
                 ready = "/health/liveliness"
