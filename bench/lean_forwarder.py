@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -30,7 +31,7 @@ class _Conn(asyncio.Protocol):
     """One keep-alive connection; ``request`` sends one request and waits for its whole answer."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None  # asyncio's or uvloop's TCP transport
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[tuple[int, str, bytes]] | None = None
         self.body: list[bytes] = []
@@ -39,7 +40,6 @@ class _Conn(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
