@@ -302,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream", required=True, help="the mock's base URL, e.g. http://127.0.0.1:9000/v1")
     parser.add_argument("--out", required=True, help="directory for noplugins.yaml, full.yaml and the ledger")
     parser.add_argument("--prefix", default="", help="file name prefix, e.g. 'stream-'")
+    parser.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                        help="server.event_loop of every config (bench/run.py passes the forwarder's)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -309,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, data in (("noplugins", noplugins_config(args.upstream)), ("full", full_config(args.upstream, ledger)),
                        ("hedged", hedged_config(args.upstream, ledger, after_ms=HEDGE_AFTER_MS)),
                        ("hedged-p95", hedged_config(args.upstream, ledger, after_ms="p95"))):
+        data["server"]["event_loop"] = args.event_loop
         print(write(validated(data), out / f"{args.prefix}{name}.yaml"))
     print(f"load key (shop-{LOAD_KEY_INDEX:04d}): {load_key()}")
     return 0

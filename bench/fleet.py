@@ -79,12 +79,12 @@ class FleetBench:
             port = free_port()
             slug = target.replace(" ", "-")
             if target == "forwarder":
-                argv = [sys.executable, str(REPO / "bench" / "forwarder.py"), "--upstream", stack.mock,
-                        "--port", str(port), "--pool-size", str(configs.POOL_SIZE)]
+                argv = b.forwarder_argv(stack.mock, port)
                 ready, cpu = "/v1/models", b.server_cpu
             else:
                 workers, backend, pinned = VARIANTS[target]
                 config = configs.full_config(f"{stack.mock}/v1", self.workdir / f"{name}-{slug}.db")
+                config["server"]["event_loop"] = b.loop
                 if backend == "redis":
                     config["state"] = {"backend": "redis", "url": REDIS_URL, "key_prefix": f"{self.prefix}-{slug}"}
                 path = configs.write(configs.validated(config), self.workdir / f"{name}-{slug}.yaml")

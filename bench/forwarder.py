@@ -11,8 +11,9 @@ Run it as a process (what ``bench/run.py`` does)::
 
     python bench/forwarder.py --upstream http://127.0.0.1:9000 --port 8090
 
-It imports nothing but aiohttp, so it is the same floor whatever state the
-project is in.
+It imports nothing but aiohttp (and uvloop with ``--loop uvloop``), so it is the
+same floor whatever state the project is in. The benchmark runs it on the event loop
+``floodgate serve`` uses, so the ratio compares the gateway's work, not two loops.
 """
 
 from __future__ import annotations
@@ -77,11 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--pool-size", type=int, default=200)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the event loop (the benchmark passes the one Floodgate runs on)")
     args = parser.parse_args(argv)
+    loop = None
+    if args.loop == "uvloop":
+        import uvloop
+        loop = uvloop.new_event_loop()
     app = create_forwarder_app(args.upstream, pool_size=args.pool_size)
     print(f"bench forwarder: http://{args.host}:{args.port} -> {args.upstream}", flush=True)
     # SIGTERM/SIGINT stop it cleanly (run_app handles both); no access log: the floor logs nothing.
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, shutdown_timeout=1.0)
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, shutdown_timeout=1.0,
+                loop=loop)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import resource
 import signal
@@ -34,11 +35,12 @@ class Processes:
             return None
         return lambda: os.sched_setaffinity(0, {cpu})
 
-    def start(self, name: str, argv: Sequence[str], cpu: int | None) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: Sequence[str], cpu: int | None,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.logdir / f"{name}.log", "ab")
         try:
             proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=REPO, env=self.env, start_new_session=True,
+                                    cwd=REPO, env=env or self.env, start_new_session=True,
                                     preexec_fn=self.preexec(cpu))
         finally:
             log.close()
@@ -81,6 +83,14 @@ class Processes:
         for proc in reversed(self.children):
             self.stop(proc)
         self.children.clear()
+
+
+def event_loop(choice: str) -> str:
+    """``auto`` resolved as ``floodgate serve`` resolves ``server.event_loop`` in this interpreter."""
+    installed = importlib.util.find_spec("uvloop") is not None
+    if choice == "uvloop" and not installed:
+        raise SystemExit("--loop uvloop: uvloop is not installed (pip install -e '.[fast]')")
+    return ("uvloop" if installed else "asyncio") if choice == "auto" else choice
 
 
 def free_port() -> int:

@@ -38,10 +38,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import configs, flaky, overload  # noqa: E402
+from bench import configs, flaky, overload, peers  # noqa: E402
 from bench.procs import (  # noqa: E402
     Processes,
     cpu_snapshot,
+    event_loop,
     foreign_cpu,
     free_port,
     http,
@@ -49,6 +50,7 @@ from bench.procs import (  # noqa: E402
     rss_mb,
     wait_ready,
 )
+from bench.profiles import summarize_profile  # noqa: E402
 from bench.report import (  # noqa: E402
     FESTIVAL_LATENCY_MS,
     STREAM_TOKENS,
@@ -60,7 +62,6 @@ from bench.report import (  # noqa: E402
     progress,
     served,
     status_delta,
-    summarize_profile,
 )
 
 CHAT_PATH = "/v1/chat/completions"
@@ -96,11 +97,17 @@ class Bench:
         if args.driver == "wrk" and not self.wrk:
             raise SystemExit("--driver wrk: wrk is not installed (apt-get install -y wrk)")
         self.py_spy = shutil.which("py-spy")
+        # Floodgate and the floor run on the same event loop: the ratio compares their work, not two loops.
+        self.loop = event_loop(args.loop)
         self.key = configs.load_key()
         self.bodies = {False: workdir / "body.json", True: workdir / "body-stream.json"}
         for stream, path in self.bodies.items():
             path.write_bytes(configs.chat_body(stream=stream))
         self.results: dict[str, Any] = {}
+        # Other gateways join the throughput and latency phases (installed now, before any phase).
+        self.peers = tuple(args.peers)
+        if "litellm" in self.peers:
+            peers.litellm_python()
 
     # -- servers ----------------------------------------------------------------------------
     def start_stack(self, name: str, mock_args: Sequence[str], targets: Sequence[str]) -> Stack:
@@ -113,23 +120,34 @@ class Bench:
         wait_ready(mock, f"{stack.mock}/_mock/stats", f"{name} mock", self.workdir / f"{name}-mock.log")
         if set(targets) - {"forwarder"}:  # validated against the loader a fresh `floodgate serve` will use
             self.procs.run([sys.executable, "-m", "bench.configs", "--upstream", f"{stack.mock}/v1", "--out",
-                            str(self.workdir), "--prefix", f"{name}-"], None, 120)
+                            str(self.workdir), "--prefix", f"{name}-", "--event-loop", self.loop], None, 120)
         for target in targets:
             port = free_port()
+            env = None
             if target == "forwarder":
-                argv = [sys.executable, str(REPO / "bench" / "forwarder.py"), "--upstream", stack.mock,
-                        "--port", str(port), "--pool-size", str(configs.POOL_SIZE)]
+                argv = self.forwarder_argv(stack.mock, port)
                 ready = "/v1/models"
+            elif target == "lean":
+                argv = [sys.executable, str(REPO / "bench" / "lean_forwarder.py"), "--upstream", stack.mock,
+                        "--port", str(port), "--loop", self.loop]
+                ready = "/v1/models"
+            elif target == "litellm":
+                argv, env = peers.litellm_argv(self.workdir, name, f"{stack.mock}/v1", port, self.procs.env)
+                ready = "/health/liveliness"
             else:
                 path = self.workdir / f"{name}-{target}.yaml"
                 argv = [sys.executable, "-m", "proxy", "serve", "--config", str(path), "--port", str(port)]
                 ready = "/readyz"
-            proc = self.procs.start(f"{name}-{target}", argv, self.server_cpu)
+            proc = self.procs.start(f"{name}-{target}", argv, self.server_cpu, env)
             stack.urls[target], stack.procs[target] = f"http://127.0.0.1:{port}", proc
             wait_ready(proc, stack.urls[target] + ready, f"{name} {target}",
-                       self.workdir / f"{name}-{target}.log")
+                       self.workdir / f"{name}-{target}.log", timeout=180.0 if target in peers.PEERS else 60.0)
         self.preflight(stack)
         return stack
+
+    def forwarder_argv(self, upstream: str, port: int) -> list[str]:
+        return [sys.executable, str(REPO / "bench" / "forwarder.py"), "--upstream", upstream, "--port", str(port),
+                "--pool-size", str(configs.POOL_SIZE), "--loop", self.loop]
 
     def stop_stack(self, stack: Stack) -> None:
         for proc in reversed(list(stack.procs.values())):
@@ -213,17 +231,18 @@ class Bench:
     # -- phases -----------------------------------------------------------------------------
     def phase_throughput_latency(self, phases: set[str]) -> None:
         a = self.args
-        stack = self.start_stack("fast", FAST_MOCK, TARGETS)
+        targets = (*TARGETS, *self.peers)
+        stack = self.start_stack("fast", FAST_MOCK, targets)
         try:
-            for target in TARGETS:  # warm-up: imports, pools, caches; discarded
+            for target in targets:  # warm-up: imports, pools, caches; discarded
                 self.closed(stack.urls[target], min(2.0, a.duration))
             if "throughput" in phases:
                 rounds: list[dict[str, Any]] = []
                 for r in range(a.rounds):
                     rounds.append({t: self.metered(stack, self.closed, stack.urls[t], a.duration, target=t)
-                                   for t in TARGETS})
+                                   for t in targets})
                     progress(f"throughput round {r + 1}/{a.rounds}: " + ", ".join(
-                        f"{t} {rounds[-1][t]['rps']:.0f}/s" for t in TARGETS))
+                        f"{t} {rounds[-1][t]['rps']:.0f}/s" for t in targets))
                 self.results["throughput"] = {"concurrency": a.concurrency, "duration_s": a.duration,
                                               "rounds": rounds}
             if "latency" in phases:
@@ -232,7 +251,7 @@ class Bench:
                     rounds.append(self.interleaved(stack, "sequential", "--requests", str(a.latency_requests),
                                                    "--warmup", "200", "--block", "50"))
                     progress(f"latency round {r + 1}/{a.rounds}: " + ", ".join(
-                        f"{t} p50 {rounds[-1][t]['latency_ms']['p50']:.3f} ms" for t in TARGETS))
+                        f"{t} p50 {rounds[-1][t]['latency_ms']['p50']:.3f} ms" for t in targets))
                 self.results["latency"] = {"requests": a.latency_requests, "rounds": rounds}
             if a.profile:
                 self.profile(stack)
@@ -390,6 +409,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--driver", choices=("auto", "wrk", "python"), default="auto",
                    help="closed-loop load generator: wrk when installed (auto), or the built-in Python one")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    p.add_argument("--peers", type=lambda text: [p for p in text.split(",") if p], default=[],
+                   help=f"other gateways in the throughput and latency phases: {', '.join(peers.PEERS)} "
+                        f"(installed in their own venv, LiteLLM {peers.LITELLM_VERSION})")
+    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                   help="event loop of Floodgate and the forwarder alike (auto: uvloop when installed)")
     p.add_argument("--profile", metavar="DIR", help="also py-spy the Floodgate targets under load (needs py-spy)")
     p.add_argument("--json", metavar="FILE", help="write every raw number as JSON to FILE")
     p.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs, ledger)")
@@ -409,6 +433,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"--only: unknown phase(s) {', '.join(unknown)} (choose from {', '.join(PHASES)})")
     args.phases = phases
+    unknown = [name for name in args.peers if name not in peers.PEERS]
+    if unknown:
+        p.error(f"--peers: unknown peer(s) {', '.join(unknown)} (choose from {', '.join(peers.PEERS)})")
     bounds = {"rounds": (1, 20), "duration": (1, 300), "concurrency": (1, 1024), "latency_requests": (10, 100_000),
               "streams": (1, 1000), "festival_rate": (1, 5000), "festival_duration": (1, 600),
               "festival_tokens": (1, 2000), "festival_tps": (0, 100_000), "stream_tps": (0, 100_000),
@@ -437,6 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.results["driver"] = (f"wrk -t1 -c{args.concurrency} ({bench.results['machine']['wrk']}) + bench/load.py"
                                if bench.wrk else f"bench/load.py (Python aiohttp, {args.concurrency} workers)")
     bench.results["options"] = {k: v for k, v in vars(args).items()}
+    bench.results["machine"]["event_loop"] = bench.loop
     progress(f"work directory {workdir}; phases {', '.join(args.phases)}; "
              f"{'pinned' if bench.pin else 'not pinned'}; driver {bench.results['driver']}")
     status = 0

@@ -18,6 +18,7 @@ from .metrics import LabelCache
 from .policy import UNRESTRICTED, Budget, KeyPolicy, RateLimits
 from .settings import NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Settings
 from .state import STATE_ERRORS, SharedState
+from .tally import CollectedGauge
 from .text import content_text, conversation, last_user_text
 from .tokens import estimate_prompt_tokens, estimate_text_tokens, output_limit, request_token_bounds
 from .types import (
@@ -41,7 +42,7 @@ from .types import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "ANONYMOUS", "Attempt", "AttemptRecord", "Budget", "CONFIG", "Clock", "Config", "ConfigError",
+    "ANONYMOUS", "Attempt", "AttemptRecord", "Budget", "CONFIG", "Clock", "CollectedGauge", "Config", "ConfigError",
     "ConfigErrors", "DeploymentLimits", "DeploymentSettings", "EndpointKind", "HOOKS", "Hooks", "KeyPolicy",
     "LabelCache", "LoopClock", "ManualClock", "NonEmptyStr", "NonNegativeFloat", "NonNegativeInt",
     "PositiveFloat", "PositiveInt", "Price", "Principal", "REGISTRY", "RateLimits", "Rejection", "Reply",

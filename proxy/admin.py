@@ -4,7 +4,7 @@
 shutting down, shared state usable), ``/metrics`` (Prometheus; the whole host's with
 worker processes), ``/-/plugins`` (what is loaded), ``/-/status`` (admin: the live
 status every plugin contributes to). Every
-``/-/`` endpoint runs the normal request path (see ``Gateway.admin_middleware``):
+``/-/`` endpoint runs the normal request path (see ``Gateway.middleware``):
 authenticated first, logged and counted after.
 """
 

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from .admin import add_admin_routes
 from .config import Config
 from .defaults import AccessLog, CoreDefaults
-from .errors import ConfigError, ConfigErrors, Rejection, error_response
+from .errors import ConfigError, ConfigErrors
 from .generation import Generation, Generations
 from .hooks import Hooks
 from .hookspecs import proxy_builtin_upstream
@@ -139,7 +139,7 @@ def build_generation(config: Config, parts: AppParts, number: int) -> Generation
     upstreams = Upstreams(config)
     gateway = Gateway(config, hooks, upstreams, parts.metrics)
     app = web.Application(client_max_size=config.server.max_body_bytes,
-                          middlewares=[_rejections, gateway.path_middleware, gateway.admin_middleware])
+                          middlewares=[gateway.middleware])
     app[CONFIG] = config
     app[PLUGIN_MANAGER] = pm
     app[PLUGINS] = infos
@@ -204,16 +204,6 @@ def _add_routes(app: web.Application, gateway: Gateway) -> None:
         router.add_get(f"{prefix}/models/{{model_id}}", gateway.models)
     router.add_route("*", "/v1/{tail:.*}", gateway.passthrough)
     router.add_route("*", "/{tail:.*}", gateway.passthrough)
-
-
-@web.middleware
-async def _rejections(request: web.Request, handler: Any) -> web.StreamResponse:
-    """A :class:`Rejection` raised by any handler — a plugin's endpoint included — is
-    answered with OpenAI's JSON error shape, never aiohttp's plain-text 500."""
-    try:
-        return await handler(request)
-    except Rejection as rejection:
-        return error_response(rejection)
 
 
 async def _ensure_request_id(request: web.Request, response: web.StreamResponse) -> None:

@@ -1,7 +1,8 @@
 """The core's Prometheus metrics, in a registry that belongs to one application.
 
 Label children are cached per label tuple: ``.labels()`` takes a lock and
-builds a key on every call, which is measurable on the hot path.
+builds a key on every call, which is measurable on the hot path. The per-request
+counts go through a :class:`~proxy.tally.Tally` (plain numbers until collected).
 
 :class:`MetricsRegistry` keeps metrics continuous across configuration reloads;
 :func:`exposition` renders ``/metrics`` — this process's registry, or with
@@ -21,10 +22,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector, DuplicateTimeseries
 
 from .hookspecs import hookimpl
+from .tally import MULTIPROC_ENV, CollectedCounter, CollectedHistogram, InFlight, Tally, collected_here
 from .types import AttemptRecord, EndpointKind, RequestContext
 
-#: Set (to a directory) in worker processes: metric values live in files there, one set per process.
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+__all__ = ["MULTIPROC_ENV", "CoreMetrics", "LabelCache", "MetricsRegistry", "exposition"]
+
 #: What makes two metric objects the same series family: then one takes over the other's values.
 _IDENTITY = ("_type", "_name", "_labelnames", "_documentation", "_unit", "_upper_bounds", "_multiprocess_mode",
              "_states")
@@ -60,18 +62,26 @@ class CoreMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.requests = LabelCache(Counter(
+        # Every request's counts: plain numbers until collected (one process; see proxy.tally).
+        self.tally = tally = Tally(direct=not collected_here())
+        requests = CollectedCounter(
             "floodgate_requests", "Requests by endpoint, model and HTTP status",
-            ["endpoint", "model", "status"], registry=registry))
-        self.duration = LabelCache(Histogram(
+            ["endpoint", "model", "status"], registry=registry)
+        duration = CollectedHistogram(
             "floodgate_request_duration_seconds", "Time from request received to response done",
-            ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry))
-        self.overhead = LabelCache(Histogram(
+            ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry)
+        overhead = CollectedHistogram(
             "floodgate_proxy_overhead_seconds", "Time the proxy added: total minus upstream time",
-            ["endpoint"], buckets=OVERHEAD_BUCKETS, registry=registry))
-        self.upstream = LabelCache(Histogram(
+            ["endpoint"], buckets=OVERHEAD_BUCKETS, registry=registry)
+        upstream = CollectedHistogram(
             "floodgate_upstream_duration_seconds", "Duration of each upstream attempt",
-            ["upstream", "model", "outcome"], buckets=LATENCY_BUCKETS, registry=registry))
+            ["upstream", "model", "outcome"], buckets=LATENCY_BUCKETS, registry=registry)
+        requests.before_collect = duration.before_collect = overhead.before_collect = tally.flush
+        upstream.before_collect = tally.flush
+        self.requests = LabelCache(requests)
+        self.duration = LabelCache(duration)
+        self.overhead = LabelCache(overhead)
+        self.upstream = LabelCache(upstream)
         self.ttft = LabelCache(Histogram(
             "floodgate_time_to_first_token_seconds", "Streams: time from request received to the commit "
             "(the first meaningful event sent to the client)", ["model"], buckets=LATENCY_BUCKETS, registry=registry))
@@ -91,8 +101,8 @@ class CoreMetrics:
             ["model"], registry=registry))
         self.hedge_wins = LabelCache(Counter(
             "floodgate_hedge_wins", "Hedged attempts that answered first", ["model"], registry=registry))
-        self.in_flight = Gauge("floodgate_in_flight_requests", "Requests being handled now", registry=registry,
-                               multiprocess_mode="livesum")
+        self.in_flight = InFlight(Gauge("floodgate_in_flight_requests", "Requests being handled now",
+                                        registry=registry, multiprocess_mode="livesum"), direct=tally.direct)
         self.loop_lag = Histogram(
             "floodgate_event_loop_lag_seconds", "How late the event loop ran a timer due now: time requests "
             "wait before any handler runs, which the overhead histogram cannot see",
@@ -121,13 +131,14 @@ class CoreMetrics:
         model = self.model_label(ctx, target.model if target else ctx.model)
         # Bounded label values: passthrough paths and admin endpoints are counted by kind.
         endpoint = ctx.endpoint if ctx.kind is EndpointKind.MODEL else ctx.kind.value
-        self.requests(endpoint, model, str(ctx.status)).inc()
-        self.duration(endpoint).observe(ctx.timings.total)
-        self.overhead(endpoint).observe(ctx.timings.overhead)
+        tally = self.tally
+        tally.inc(self.requests(endpoint, model, str(ctx.status)))
+        tally.observe(self.duration(endpoint), ctx.timings.total)
+        tally.observe(self.overhead(endpoint), ctx.timings.overhead)
         for attempt in ctx.attempts:
             model = self.model_label(ctx, attempt.target.model)
             outcome = "ok" if attempt.ok else attempt.error or "error"
-            self.upstream(attempt.target.upstream, model, outcome).observe(attempt.duration)
+            tally.observe(self.upstream(attempt.target.upstream, model, outcome), attempt.duration)
             if ctx.stream:
                 self._stream_attempt(model, attempt)
             if attempt.hedge:

@@ -16,7 +16,8 @@ import proxy
 from bench import configs
 from bench.forwarder import create_forwarder_app
 from bench.load import stats_ms
-from bench.report import overhead_delta, summarize_profile
+from bench.profiles import summarize_profile
+from bench.report import overhead_delta
 from proxy.config import config_from_dict
 from proxy.mock import MockSettings, MockUpstream
 

@@ -20,12 +20,15 @@ across a fleet.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
+import proxy
+
 from .report import periods
 
-__all__ = ["DAY", "MONTH", "BudgetStore", "Limits", "MemoryBudgetStore", "Reservation", "Verdict"]
+__all__ = ["DAY", "MONTH", "BudgetStore", "Limits", "MemoryBudgetStore", "Reservation", "Verdict", "refusal"]
 
 DAY, MONTH = "day", "month"
 
@@ -164,3 +167,29 @@ class MemoryBudgetStore:
 
     async def load(self, spent: dict[str, tuple[float, float]], now: float) -> None:
         self.load_now(spent, now)
+
+
+_ADJECTIVE = {DAY: "daily", MONTH: "monthly"}
+
+
+def refusal(key: str, amount: float, verdict: Verdict, now: float) -> proxy.Rejection:
+    """The 429 of a request its key's budget cannot take (``now``: wall time, for the reset)."""
+    period, cap, spent, reserved = verdict.period or DAY, verdict.cap, verdict.spent, verdict.reserved
+    adjective = _ADJECTIVE[period]
+    _, day_end, _, month_end = periods(now)
+    reset = day_end if period == DAY else month_end
+    reset_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(reset))
+    if spent >= cap:
+        message = f"Key {key!r} has used up its {adjective} budget of ${cap:.6g}; it resets at {reset_at}."
+    elif spent + amount > cap:
+        message = (f"This request may cost up to ${amount:.6g} (estimated prompt and max output tokens at "
+                   f"the route's highest price), more than the ${cap - spent:.6g} left of key {key!r}'s "
+                   f"{adjective} budget of ${cap:.6g}. Lower max_tokens or the prompt; the budget resets "
+                   f"at {reset_at}.")
+    else:  # it fits once requests in flight settle
+        message = (f"Key {key!r}'s {adjective} budget of ${cap:.6g} is reserved by requests in flight "
+                   f"(${reserved:.6g}); please retry shortly.")
+        return proxy.Rejection(429, message, code="insufficient_quota", type="insufficient_quota",
+                               headers={"retry-after": "1"})
+    return proxy.Rejection(429, message, code="insufficient_quota", type="insufficient_quota",
+                           should_retry=False)

@@ -6,22 +6,20 @@ import argparse
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter
 
 import proxy
 
-from .budgets import DAY, BudgetStore, Limits, MemoryBudgetStore, Reservation, Verdict
+from .budgets import BudgetStore, Limits, MemoryBudgetStore, Reservation, Verdict, refusal
 from .endpoint import usage_endpoint
 from .factory import build_ledger
 from .fleet import FleetBudgets, LedgerPool, fleet_budgets, ledger_pool, memory_budgets
 from .ledger import Ledger
 from .pricing import Prices
-from .report import periods
 from .rows import Row
 from .settings import CostSettings
 
@@ -29,9 +27,9 @@ __all__ = ["CostPlugin"]
 
 log = logging.getLogger("floodgate.cost")
 
-_ADJECTIVE = {"day": "daily", "month": "monthly"}
 _STATE = "cost.reservation"
 _ROW = "cost.row_id"
+_POLICY_CACHE_SIZE = 10_000
 
 
 class CostPlugin:
@@ -59,6 +57,9 @@ class CostPlugin:
         self.prices: Prices | None = None
         self._default = Limits(None, None)
         self._limits_seen: dict[str, Limits] = {}  # keys with a budget, for the gauges
+        self._stale: set[str] = set()  # keys whose budget gauges changed since the last scrape
+        self._policy_limits: dict[int, tuple[proxy.KeyPolicy, Limits]] = {}
+        self._eager = False  # budget gauges set as they change (worker processes), not when scraped
         self._gauge_day = 0.0  # the day the gauges were last set in
         self._series: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
         self._row_prefix = os.urandom(6).hex()
@@ -88,18 +89,26 @@ class CostPlugin:
         self._unpriced = proxy.LabelCache(Counter(
             "floodgate_cost_unpriced", "Requests that used an upstream at a cost the gateway cannot know "
             "(passthrough, models without a price)", ["key", "kind"], registry=registry))
-        # Workers report the same (fleet-wide) figures: the most recent report is the value.
-        self._remaining = proxy.LabelCache(Gauge(
+        # Workers report the same (fleet-wide) figures: the most recent report is the value. With
+        # budgets in this process, the gauges are computed when scraped, not set by every request.
+        remaining = proxy.CollectedGauge(
             "floodgate_cost_budget_remaining_usd", "US dollars left in a key's budget for the current period",
-            ["key", "period"], registry=registry, multiprocess_mode="livemostrecent"))
-        self._reserved = proxy.LabelCache(Gauge(
+            ["key", "period"], registry=registry, multiprocess_mode="livemostrecent")
+        reserved = proxy.CollectedGauge(
             "floodgate_cost_budget_reserved_usd", "US dollars reserved by a key's requests in flight",
-            ["key"], registry=registry, multiprocess_mode="livemostrecent"))
+            ["key"], registry=registry, multiprocess_mode="livemostrecent")
+        # Set after registering: a reload's adoption copies the previous generation's attributes.
+        self._eager = self.shared is None and not remaining.collected_here()  # worker processes: set as they change
+        remaining.before_collect = reserved.before_collect = self._refresh_gauges if self.shared is None else None
+        self._remaining = proxy.LabelCache(remaining)
+        self._reserved = proxy.LabelCache(reserved)
+        self._policy_limits.clear()
         self._rejected = proxy.LabelCache(Counter(
             "floodgate_cost_budget_rejections", "Requests refused because a budget was used up",
             ["key", "period"], registry=registry))
-        self._pending = Gauge("floodgate_cost_ledger_pending_rows", "Ledger rows not yet stored in the database "
-                              "(sampled before each flush)", registry=registry, multiprocess_mode="livesum")
+        self._pending = proxy.CollectedGauge(
+            "floodgate_cost_ledger_pending_rows", "Ledger rows not yet stored in the database",
+            registry=registry, multiprocess_mode="livesum")
 
     @proxy.hookimpl
     def proxy_add_routes(self, app: web.Application) -> None:
@@ -122,7 +131,11 @@ class CostPlugin:
             return
         self.ledger, opened = await self._ledgers.acquire(self.ledger)  # a reload shares the open one
         self._holds_ledger = True
-        self.ledger.observe = self._pending.set
+        if self._pending.collected_here():  # one process: read when scraped, not set by every row
+            ledger = self.ledger
+            self._pending.before_collect = lambda: self._pending.set(ledger.pending)
+        else:
+            self.ledger.observe = self._pending.set
         if not opened:
             return  # spending was loaded when it was opened, and budgets are kept since
         now = self.clock.wall()
@@ -200,11 +213,13 @@ class CostPlugin:
             ctx.state[_STATE] = verdict.reservation
             self._begin(ctx, amount)
             if self.shared is None:
-                self._reserved(key).set(self.budgets.spent_now(key, self.clock.wall())[2])
+                self._stale.add(key)
+                if self._eager:
+                    self._refresh_gauges()
             return
         assert verdict.period is not None
         self._rejected(key, verdict.period).inc()
-        raise self._refusal(key, amount or 0.0, verdict)
+        raise refusal(key, amount or 0.0, verdict, self.clock.wall())
 
     @proxy.hookimpl
     def proxy_response(self, ctx: proxy.RequestContext, response: proxy.UpstreamResponse) -> None:
@@ -306,33 +321,19 @@ class CostPlugin:
             hedged=True, deployment=attempt.target.deployment)
 
     def _limits(self, policy: proxy.KeyPolicy) -> Limits:
-        """A key's caps: its own values, else the plugin's default."""
+        """A key's caps: its own values, else the plugin's default (worked out once per policy)."""
         budget = policy.budget
         if budget is None:
             return self._default
-        return Limits(budget.limit("daily_usd", self._default.daily),
-                      budget.limit("monthly_usd", self._default.monthly))
-
-    def _refusal(self, key: str, amount: float, verdict: Verdict) -> proxy.Rejection:
-        period, cap, spent, reserved = verdict.period or DAY, verdict.cap, verdict.spent, verdict.reserved
-        adjective = _ADJECTIVE[period]
-        _, day_end, _, month_end = periods(self.clock.wall())
-        reset = day_end if period == DAY else month_end
-        reset_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(reset))
-        if spent >= cap:
-            message = f"Key {key!r} has used up its {adjective} budget of ${cap:.6g}; it resets at {reset_at}."
-        elif spent + amount > cap:
-            message = (f"This request may cost up to ${amount:.6g} (estimated prompt and max output tokens at "
-                       f"the route's highest price), more than the ${cap - spent:.6g} left of key {key!r}'s "
-                       f"{adjective} budget of ${cap:.6g}. Lower max_tokens or the prompt; the budget resets "
-                       f"at {reset_at}.")
-        else:  # it fits once requests in flight settle
-            message = (f"Key {key!r}'s {adjective} budget of ${cap:.6g} is reserved by requests in flight "
-                       f"(${reserved:.6g}); please retry shortly.")
-            return proxy.Rejection(429, message, code="insufficient_quota", type="insufficient_quota",
-                                   headers={"retry-after": "1"})
-        return proxy.Rejection(429, message, code="insufficient_quota", type="insufficient_quota",
-                               should_retry=False)
+        cached = self._policy_limits.get(id(policy))
+        if cached is not None and cached[0] is policy:
+            return cached[1]
+        limits = Limits(budget.limit("daily_usd", self._default.daily),
+                        budget.limit("monthly_usd", self._default.monthly))
+        if len(self._policy_limits) >= _POLICY_CACHE_SIZE:
+            self._policy_limits.clear()
+        self._policy_limits[id(policy)] = (policy, limits)  # the policy is kept: its id stays its own
+        return limits
 
     def _children(self, model: str, key: str) -> tuple[Any, Any, Any, Any]:
         """(prompt, completion, cached) token counters and the USD counter: one lookup per request."""
@@ -348,12 +349,22 @@ class CostPlugin:
         limits = self._limits(policy)
         if limits:
             self._limits_seen[key] = limits
+            self._stale.add(key)
+            if self._eager:
+                self._refresh_gauges()
+
+    def _refresh_gauges(self) -> None:
+        """The budget gauges of the keys that changed (of every key in a new period), at scrape time."""
+        now = self.clock.wall()
+        stale, self._stale = self._stale, set()
         if self.budgets.day_start != self._gauge_day:  # a new period: every key's remaining budget changed
             self._gauge_day = self.budgets.day_start
-            for other in self._limits_seen:
-                self._set_remaining(other, now)
-        elif limits:
-            self._set_remaining(key, now)
+            stale = set(self._limits_seen)
+        for key in stale:
+            if key in self._limits_seen:
+                self._set_remaining(key, now)
+            else:  # reserved without a budget of its own (the ledger alone)
+                self._reserved(key).set(self.budgets.spent_now(key, now)[2])
 
     def _set_remaining(self, key: str, now: float) -> None:
         self._gauge(key, self._limits_seen[key], *self.budgets.spent_now(key, now))

@@ -33,6 +33,7 @@ __all__ = ["RULE_HEADER", "TIER_HEADER", "RouterPlugin"]
 
 TIER_HEADER = "x-floodgate-tier"
 RULE_HEADER = "x-floodgate-route-rule"
+_OVERRIDDEN_CACHE_SIZE = 1024
 
 
 class RouterPlugin:
@@ -50,6 +51,8 @@ class RouterPlugin:
         # client-facing model name -> route name or the selector
         self._entries: dict[str, str] = {}
         self._decisions: proxy.LabelCache | None = None
+        # (route, overrides) -> its targets with them: most requests share a handful of overrides
+        self._overridden: dict[tuple[str, tuple[tuple[str, Any], ...]], tuple[proxy.Target, ...]] = {}
 
     # -- configuration --------------------------------------------------------
     @proxy.hookimpl
@@ -69,6 +72,7 @@ class RouterPlugin:
                 if target in entries:
                     entries[alias] = entries[target]
         self._entries = entries
+        self._overridden = {}
         self._decisions = proxy.LabelCache(Counter(
             "floodgate_router_decisions", "Routing decisions by route and matched rule",
             ["route", "rule"], registry=registry))
@@ -147,11 +151,24 @@ class RouterPlugin:
             return None  # an explicit catalogue model (or unknown): the core decides
         tier = self.tiers[decision.route]
         overrides = tier.overrides(ctx.body, endpoint)
-        targets = tuple(t.with_overrides(**overrides) for t in tier.targets) if overrides else tier.targets
+        targets = self._with_overrides(decision.route, tier, overrides) if overrides else tier.targets
         ctx.state["router.rule"] = decision.rule
         ctx.state["router.decision"] = decision
         ctx.response_headers[RULE_HEADER] = decision.rule
         return proxy.Route(name=decision.route, targets=targets)
+
+    def _with_overrides(self, route: str, tier: Tier, overrides: dict[str, Any]) -> tuple[proxy.Target, ...]:
+        """The tier's targets with ``overrides``, built once per distinct overrides (targets are frozen)."""
+        key = (route, tuple(overrides.items()))
+        try:
+            targets = self._overridden.get(key)
+        except TypeError:  # an unhashable value (a JSON object): built for this request only
+            return tuple(t.with_overrides(**overrides) for t in tier.targets)
+        if targets is None:
+            if len(self._overridden) >= _OVERRIDDEN_CACHE_SIZE:
+                self._overridden.clear()
+            targets = self._overridden[key] = tuple(t.with_overrides(**overrides) for t in tier.targets)
+        return targets
 
     @proxy.hookimpl
     def proxy_finished(self, ctx: proxy.RequestContext) -> None:

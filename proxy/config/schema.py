@@ -6,6 +6,7 @@ misspelled key is an error naming its path and line, never silently ignored.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from dataclasses import dataclass
@@ -49,7 +50,8 @@ class ServerSettings(Settings):
     """Seconds in-flight requests get to finish on SIGTERM."""
     access_log: bool = True
     """One line per request on the `floodgate.access` logger (request id, worker, key name, model,
-    status, duration, tokens, cost; never a secret)."""
+    status, duration, tokens, cost; never a secret), formatted and written by a thread of its own,
+    off the event loop; `false`: no access-log plugin at all."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Repeated identical warnings and errors are logged at most once per 10 s, with a count of
     those held back."""
@@ -61,6 +63,9 @@ class ServerSettings(Settings):
     pid_file: str | None = Field(None, min_length=1)
     """Where `floodgate serve` writes its process id (the supervisor's, with workers) for
     `floodgate reload`; removed at exit."""
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    """`auto`: uvloop when it is installed (the `fast` extra), else asyncio's loop; `asyncio` or
+    `uvloop` choose (`uvloop` not installed is a config error). Takes effect at the next restart."""
 
     @field_validator("workers", mode="before")
     @classmethod
@@ -69,6 +74,13 @@ class ServerSettings(Settings):
             return value
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
             raise ValueError(f"must be 'auto' or a whole number from 1 to {MAX_WORKERS}")
+        return value
+
+    @field_validator("event_loop")
+    @classmethod
+    def _event_loop(cls, value: str) -> str:
+        if value == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ValueError("uvloop is not installed here (pip install 'floodgate[fast]'), or use 'auto'")
         return value
 
     @property

@@ -38,7 +38,8 @@ from ..hookspecs import (
     proxy_stream_chunk,
 )
 from ..types import Attempt, AttemptRecord, RequestContext, Target, Usage
-from ..upstream import UpstreamError, Upstreams, forwardable_headers
+from ..upstream import UpstreamError, Upstreams, Watchdog, forwardable_headers
+from ..upstream.client import first_byte_timeout
 from .respond import complete, read_answer, set_route_headers
 from .sse import SSERelay
 from .stream import await_content, estimate_usage, relay_committed
@@ -169,24 +170,41 @@ class AttemptRunner:
         body, hide_usage = self.upstream_body(ctx, target)
         timeouts = self.config.timeouts(target, attempt.timeout)
         sent = asyncio.get_running_loop().time()
-        # One first_byte budget from sending to the first meaningful answer, headers included.
+        # One first_byte budget from sending to the first meaningful answer, headers included;
+        # one timer for the attempt (its deadline moves to ``total`` once a JSON answer's headers are in).
         first_byte = sent + min(timeouts.first_byte, timeouts.total)
+        watchdog = Watchdog(None, first_byte)
+        upstream: ClientResponse | None = None
         try:
-            upstream = await self.upstreams.open(target.upstream, "POST", ctx.endpoint, body=body,
-                                                 headers=forward, timeouts=timeouts, first_byte_deadline=first_byte)
-            record.status = upstream.status
-            record.upstream_headers = upstream.headers
-            ready = Prepared(record, upstream, timeouts, sent + timeouts.total)
-            if ctx.stream:
-                hooks = self.hooks
-                on_chunk = (lambda chunk: hooks.stream_chunk(ctx, chunk)) if self._chunk_hook else None
-                ready.relay = SSERelay(openai_framing=ctx.endpoint in OPENAI_FRAMED, hide_usage=hide_usage,
-                                       on_chunk=on_chunk)
-                ready.held = await await_content(upstream, ready.relay, timeouts, deadline=first_byte,
-                                                 record=record)
-            else:
-                ready.raw, ready.data = await read_answer(upstream, record, timeouts.total)
-                record.ended = time.perf_counter()
+            try:
+                upstream = await self.upstreams.send(target.upstream, "POST", ctx.endpoint, body=body,
+                                                     headers=forward, timeouts=timeouts)
+                record.status = upstream.status
+                record.upstream_headers = upstream.headers
+                ready = Prepared(record, upstream, timeouts, sent + timeouts.total)
+                if ctx.stream:
+                    hooks = self.hooks
+                    on_chunk = (lambda chunk: hooks.stream_chunk(ctx, chunk)) if self._chunk_hook else None
+                    ready.relay = SSERelay(openai_framing=ctx.endpoint in OPENAI_FRAMED, hide_usage=hide_usage,
+                                           on_chunk=on_chunk)
+                    ready.held = await await_content(upstream, ready.relay, timeouts, deadline=first_byte,
+                                                     record=record, watchdog=watchdog)
+                else:
+                    watchdog.deadline = ready.deadline
+                    ready.raw, ready.data = await read_answer(upstream)
+                    record.ended = time.perf_counter()
+            except asyncio.CancelledError:
+                if not watchdog.caught():
+                    if upstream is not None:
+                        upstream.close()
+                    raise
+                if upstream is None:
+                    raise first_byte_timeout(timeouts) from None
+                upstream.close()
+                raise UpstreamError("timeout", f"the response did not complete within {timeouts.total:g}s",
+                                    status=upstream.status) from None
+            finally:
+                watchdog.close()
         except UpstreamError as exc:
             record_failure(ctx, record, exc)
             if self._result_hook:

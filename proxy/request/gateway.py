@@ -97,27 +97,34 @@ class Gateway:
         return await self.serve(request, "models", EndpointKind.MODELS, process)
 
     @web.middleware
-    async def path_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """One routing truth: refuse an ambiguous path, undecodable headers or an unreadable
-        body encoding before any hook runs."""
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """The generation's only middleware (one layer: each costs a call chain per request).
+
+        One routing truth: an ambiguous path, undecodable headers or an unreadable body
+        encoding is refused before any hook runs. Admin endpoints (``/-/...``, plugins'
+        included) run the normal request path: authenticated first, then ``proxy_finished``
+        (access log, metrics) once they answered. A :class:`Rejection` raised by any
+        handler — a plugin's endpoint included — is answered with OpenAI's JSON error
+        shape, never aiohttp's plain-text 500.
+        """
         served = request.app.get(SERVED)
         if served is not None and request.transport is not None:
             served.add(request.transport)  # its headers arrived: the headers deadline is met
         try:
-            request[REQUEST_PATH] = checked_path(request.raw_path, model_lookup=request.method in _LOOKUP_METHODS)
-            check_headers(request.headers)
-        except Rejection as rejection:
-            self.metrics.requests("invalid_request", "-", str(rejection.status)).inc()
-            raise
-        return await handler(request)
-
-    @web.middleware
-    async def admin_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """Admin endpoints (``/-/...``, plugins' included) run the normal request path:
-        authenticated first, then ``proxy_finished`` (access log, metrics) once they answered."""
-        if not request.path.startswith("/-/"):
+            try:
+                request[REQUEST_PATH] = checked_path(request.raw_path,
+                                                     model_lookup=request.method in _LOOKUP_METHODS)
+                check_headers(request.headers)
+            except Rejection as rejection:
+                self.metrics.requests("invalid_request", "-", str(rejection.status)).inc()
+                raise
+            if request.path.startswith("/-/"):
+                return await self._admin(request, handler)
             return await handler(request)
+        except Rejection as rejection:
+            return error_response(rejection)
 
+    async def _admin(self, request: web.Request, handler: Any) -> web.StreamResponse:
         async def process(request: web.Request, ctx: RequestContext) -> web.StreamResponse:
             ctx.principal = await self.hooks.authenticate(ctx)
             request[REQUEST_CONTEXT] = ctx
@@ -222,6 +229,6 @@ def _disconnected(ctx: RequestContext) -> None:
 
 
 def request_principal(request: web.Request) -> Principal | None:
-    """The caller of the admin request being served, if it went through :meth:`Gateway.admin_middleware`."""
+    """The caller of the admin request being served, if it went through :meth:`Gateway.middleware`."""
     ctx = request.get(REQUEST_CONTEXT)
     return ctx.principal if ctx is not None else None

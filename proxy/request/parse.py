@@ -56,8 +56,13 @@ async def read_body(request: web.Request, ctx: RequestContext, max_body: int, ti
         raise too_large(max_body)
     try:
         # Bounded by the application's client_max_size (= max_body_bytes).
-        async with asyncio.timeout(timeout):
-            ctx.raw = await request.read() if request.body_exists else b""
+        if not request.body_exists:
+            ctx.raw = b""
+        elif request.content.is_eof():  # the whole body came with the headers: nothing to wait for
+            ctx.raw = await request.read()
+        else:
+            async with asyncio.timeout(timeout):
+                ctx.raw = await request.read()
     except TimeoutError:
         raise Rejection(408, f"the request body did not arrive within {timeout:g}s", code="request_timeout",
                         headers={"Connection": "close"}) from None

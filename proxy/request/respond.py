@@ -6,7 +6,6 @@ them; they are parsed once, for the usage (estimated and marked when absent).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +15,7 @@ from aiohttp import web
 
 from ..tokens import estimate_prompt_tokens, estimate_text_tokens
 from ..types import AttemptRecord, Reply, RequestContext, Target, UpstreamResponse, Usage
-from ..upstream import UpstreamError, excerpt, relayable_headers
+from ..upstream import UpstreamError, excerpt, relayable_dict
 from .render import SSE_HEADERS, reply_json, reply_stream
 
 if TYPE_CHECKING:
@@ -42,18 +41,14 @@ def set_degraded_header(ctx: RequestContext) -> None:
         ctx.response_headers["x-floodgate-degraded"] = ", ".join(ctx.degraded)
 
 
-async def read_answer(upstream: aiohttp.ClientResponse, record: AttemptRecord,
-                      total_timeout: float) -> tuple[bytes, Any]:
-    """Read and parse a non-streaming upstream answer whole (its meaningful event).
+async def read_answer(upstream: aiohttp.ClientResponse) -> tuple[bytes, Any]:
+    """Read and parse a non-streaming upstream answer whole (its meaningful event); the
+    caller's attempt :class:`~proxy.upstream.Watchdog` bounds the time it takes.
 
     Raises :class:`UpstreamError`; always releases the response.
     """
     try:
-        async with asyncio.timeout(max(0.001, total_timeout - (time.perf_counter() - record.started))):
-            raw = await upstream.read()
-    except TimeoutError:
-        raise UpstreamError("timeout", f"the response did not complete within {total_timeout:g}s",
-                            status=upstream.status) from None
+        raw = await upstream.read()
     except (aiohttp.ClientPayloadError, aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
         raise UpstreamError("invalid_body", f"upstream body was cut short ({type(exc).__name__})",
                             status=upstream.status) from None
@@ -84,10 +79,12 @@ async def complete(ctx: RequestContext, record: AttemptRecord, upstream: aiohttp
     if hooks is not None:
         await hooks.response(ctx, result)
     ctx.status = upstream.status
-    headers = relayable_headers(upstream.headers)
-    headers.update(ctx.response_headers)
+    headers = relayable_dict(upstream.headers)  # one plain mapping, lower-case names: one copy into aiohttp's
+    for key, value in ctx.response_headers.items():
+        headers[key.lower()] = value
     headers["x-request-id"] = ctx.request_id
-    headers.update(result.headers)
+    for key, value in result.headers.items():
+        headers[key.lower()] = value
     ctx.timings.first_byte = time.perf_counter()
     return web.Response(status=upstream.status, body=result.raw, headers=headers)
 

@@ -22,7 +22,7 @@ from aiohttp import web
 from ..config import AttemptTimeouts
 from ..errors import error_body
 from ..types import AttemptRecord, RequestContext, Usage
-from ..upstream import UpstreamError, excerpt
+from ..upstream import UpstreamError, Watchdog, excerpt
 from .render import SSE_HEADERS
 from .respond import set_route_headers
 from .sse import SSERelay, UpstreamStreamError
@@ -33,63 +33,6 @@ _BROKEN = (aiohttp.ClientPayloadError, aiohttp.ClientOSError, aiohttp.ServerDisc
 MAX_HELD_EVENTS = 64
 MAX_HELD_BYTES = 64 * 1024
 _EXCERPT_BYTES = 2048
-
-
-class Watchdog:
-    """Cancels the current task when no event came for ``stall`` seconds, or at ``deadline``
-    (event loop time). One timer per stall period, not one per read: a read only stores
-    the time (:meth:`touch`). While the caller writes to the client (``writing``), a
-    slow client is not taken for a stalled upstream.
-    """
-
-    __slots__ = ("_loop", "_task", "stall", "deadline", "last", "writing", "expired", "_handle")
-
-    def __init__(self, stall: float | None, deadline: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        self.stall = stall
-        self.deadline = deadline
-        self.last = self._loop.time()
-        self.writing = False
-        self.expired: str | None = None  # "stall" or "deadline" once it fired
-        self._handle = self._loop.call_at(self._due(), self._check)
-
-    def _due(self) -> float:
-        return self.deadline if self.stall is None else min(self.deadline, self.last + self.stall)
-
-    def touch(self) -> None:
-        self.last = self._loop.time()
-
-    def watch_stalls(self, stall: float) -> None:
-        """From now on, also bound the gap between events."""
-        self.stall = stall
-        self.touch()
-        self._handle.cancel()
-        self._handle = self._loop.call_at(self._due(), self._check)
-
-    def _check(self) -> None:
-        now = self._loop.time()
-        if now >= self.deadline:
-            self.expired = "deadline"
-        elif not self.writing and self.stall is not None and now >= self.last + self.stall:
-            self.expired = "stall"
-        else:
-            due = self._due()
-            self._handle = self._loop.call_at(due if due > now else now + (self.stall or 1.0), self._check)
-            return
-        self._task.cancel()
-
-    def caught(self) -> bool:
-        """In an ``except CancelledError``: whether this watchdog caused it (then swallowed)."""
-        if self.expired is None:
-            return False
-        self._task.uncancel()
-        return True
-
-    def close(self) -> None:
-        self._handle.cancel()
 
 
 async def _refuse_non_sse(upstream: aiohttp.ClientResponse) -> None:
@@ -107,18 +50,19 @@ async def _refuse_non_sse(upstream: aiohttp.ClientResponse) -> None:
 
 
 async def await_content(upstream: aiohttp.ClientResponse, relay: SSERelay, timeouts: AttemptTimeouts, *,
-                        deadline: float, record: AttemptRecord) -> list[bytes]:
+                        deadline: float, record: AttemptRecord, watchdog: Watchdog | None = None) -> list[bytes]:
     """Read the stream until its first meaningful event; return the held events (it last).
 
     :param deadline: event loop time by which it must come (``first_byte`` after sending).
+    :param watchdog: the attempt's timer, if it has one already (it is closed here).
     Every failure closes the upstream response and raises :class:`UpstreamError`; the
     events held so far are counted in ``record.discarded``.
     """
     held: list[bytes] = []
     size = 0
-    watchdog: Watchdog | None = None
     try:
-        watchdog = Watchdog(None, deadline)
+        if watchdog is None:
+            watchdog = Watchdog(None, deadline)
         if upstream.content_type != "text/event-stream":
             await _refuse_non_sse(upstream)
         content = upstream.content

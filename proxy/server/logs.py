@@ -5,14 +5,17 @@ refused ``accept()``; a flood of bad requests would do the same. A line that
 repeats (same logger, level and message template) is let through once per
 ``interval`` seconds; the next one that passes says how many were held back.
 Only warnings and errors are limited: the access log (info) is one line per
-request by design.
+request by design, formatted and written off the event loop (:func:`access_log_off_loop`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from logging.handlers import QueueHandler, QueueListener
 
 
 class RepeatFilter(logging.Filter):
@@ -55,3 +58,31 @@ def configure_logging(level: str) -> None:
     for handler in root.handlers:
         if not any(isinstance(f, RepeatFilter) for f in handler.filters):
             handler.addFilter(RepeatFilter())
+
+
+class _AsIs(QueueHandler):
+    """Queues the record unformatted: the listener's thread formats and writes it (the access
+    log's arguments are plain strings and numbers, safe to format later)."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
+@contextlib.contextmanager
+def access_log_off_loop() -> Iterator[None]:
+    """While serving, the access log's lines are formatted and written by a thread of their own
+    (``QueueHandler`` → ``QueueListener`` with the root handlers), not by the event loop; on
+    exit the lines still queued are written."""
+    access = logging.getLogger("floodgate.access")
+    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = QueueListener(lines, *logging.getLogger().handlers, respect_handler_level=True)
+    handler = _AsIs(lines)
+    access.addHandler(handler)
+    access.propagate = False
+    listener.start()
+    try:
+        yield
+    finally:
+        access.removeHandler(handler)
+        access.propagate = True
+        listener.stop()

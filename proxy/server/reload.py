@@ -32,7 +32,7 @@ log = logging.getLogger("floodgate.reload")
 
 #: Settings read once when the process starts.
 RESTART_ONLY: tuple[tuple[str, ...], ...] = (
-    ("server", "host"), ("server", "port"), ("server", "workers"), ("server", "pid_file"),
+    ("server", "host"), ("server", "port"), ("server", "workers"), ("server", "pid_file"), ("server", "event_loop"),
     ("server", "shutdown_timeout"), ("server", "timeouts"),
     ("state", "backend"), ("state", "url"), ("state", "key_prefix"), ("state", "hosts"), ("state", "pool_size"),
     ("state", "timeouts"), ("state", "check_interval"),

@@ -19,7 +19,8 @@ from ..app import create_app
 from ..config import Config
 from ..keys import SERVED
 from ..state import SharedState
-from .logs import configure_logging
+from . import loops
+from .logs import access_log_off_loop, configure_logging
 from .pidfile import pid_file
 from .protocol import GatewayRunner, ListenSite
 from .reload import Coalesced, Reloader
@@ -126,6 +127,7 @@ def serve(config: Config, *, path: str | None = None, host: str | None = None, p
     config.seal()  # every plugin has read its settings: drop the raw blocks (client keys among them)
     sock = listen_socket(host or config.server.host, config.server.port if port is None else port)
     reloader = Reloader(app, config)
-    with pid_file(config.server.pid_file):
-        asyncio.run(run_app(app, config, sock, reload=(lambda: reloader.reload_file(path)) if path else None))
+    with pid_file(config.server.pid_file), access_log_off_loop():
+        loops.run(run_app(app, config, sock, reload=(lambda: reloader.reload_file(path)) if path else None),
+                  config.server.event_loop)
     return 0

@@ -35,6 +35,7 @@ from prometheus_client import multiprocess
 from ..config import Config, parse_config
 from ..errors import ConfigErrors
 from ..metrics import MULTIPROC_ENV
+from . import loops
 from .control import EXIT_CONFIG, Channel
 from .logs import configure_logging
 from .pidfile import pid_file
@@ -212,7 +213,8 @@ class WorkerSlot:
         try:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "proxy.server.worker", f"--index={self.index}", f"--workers={sup.workers}",
-                f"--listen-fd={listen_fd}", f"--control-fd={theirs.fileno()}", pass_fds=(listen_fd, theirs.fileno()),
+                f"--event-loop={sup.started_config.server.event_loop}", f"--listen-fd={listen_fd}",
+                f"--control-fd={theirs.fileno()}", pass_fds=(listen_fd, theirs.fileno()),
                 env=env)
         finally:
             theirs.close()
@@ -262,4 +264,4 @@ def supervise(config: Config, *, path: str, text: str, workers: int, host: str |
     raise_open_file_limit()
     sock = listen_socket(host or config.server.host, config.server.port if port is None else port)
     with pid_file(config.server.pid_file):
-        return asyncio.run(Supervisor(config, path, text, workers, sock).run())
+        return loops.run(Supervisor(config, path, text, workers, sock).run(), config.server.event_loop)

@@ -22,8 +22,9 @@ from ..app import create_app
 from ..config import parse_config
 from ..errors import ConfigErrors
 from ..state import SharedState
+from . import loops
 from .control import EXIT_CONFIG, Channel
-from .logs import configure_logging
+from .logs import access_log_off_loop, configure_logging
 from .reload import Reloader
 from .run import raise_open_file_limit, run_app
 
@@ -35,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--listen-fd", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come from the supervisor, with validated text
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s [worker {args.index}]: "
@@ -43,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sock = socket.socket(fileno=args.listen_fd)
     sock.setblocking(False)
     control = socket.socket(fileno=args.control_fd)
-    return asyncio.run(_serve(args.index, args.workers, sock, control))
+    with access_log_off_loop():
+        return loops.run(_serve(args.index, args.workers, sock, control), args.event_loop)
 
 
 async def _serve(index: int, workers: int, sock: socket.socket, control: socket.socket) -> int:

@@ -35,6 +35,7 @@ class Upstreams:
         self._base_urls: dict[str, URL] = {}
         self._urls: dict[tuple[str, str], URL] = {}  # (upstream, endpoint) of model calls, built once
         self._auth: dict[str, dict[str, str]] = {}
+        self._json_headers: dict[str, dict[str, str]] = {}  # the auth headers + Content-Type: JSON
         self._connect_timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     @property
@@ -60,6 +61,7 @@ class Upstreams:
             if settings.api_key is not None:
                 headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
             self._auth[name] = headers
+            self._json_headers[name] = {**headers, "Content-Type": "application/json"}
             connector = aiohttp.TCPConnector(limit=settings.pool_size, limit_per_host=settings.pool_size,
                                              ttl_dns_cache=300, enable_cleanup_closed=True)
             self._sessions[name] = aiohttp.ClientSession(
@@ -76,15 +78,22 @@ class Upstreams:
 
     async def open(self, upstream: str, method: str, path: str, *, body: bytes | AsyncIterator[bytes] | None,
                    headers: Mapping[str, str], timeouts: AttemptTimeouts, query: str | None = None,
-                   content_type: str | None = "application/json",
-                   first_byte_deadline: float | None = None) -> aiohttp.ClientResponse:
+                   content_type: str | None = "application/json") -> aiohttp.ClientResponse:
+        """:meth:`send`, bounded by ``timeouts.first_byte`` from now (raises :class:`UpstreamError`)."""
+        try:
+            async with asyncio.timeout(timeouts.first_byte):
+                return await self.send(upstream, method, path, body=body, headers=headers, timeouts=timeouts,
+                                       query=query, content_type=content_type)
+        except TimeoutError:
+            raise first_byte_timeout(timeouts) from None
+
+    async def send(self, upstream: str, method: str, path: str, *, body: bytes | AsyncIterator[bytes] | None,
+                   headers: Mapping[str, str], timeouts: AttemptTimeouts, query: str | None = None,
+                   content_type: str | None = "application/json") -> aiohttp.ClientResponse:
         """Send a request; return the response once its headers show a 2xx status.
 
-        The caller reads (and releases) the body. Raises :class:`UpstreamError`.
-
-        :param first_byte_deadline: the event loop time by which the headers must have
-            arrived, when the caller's ``first_byte`` budget spans more than the headers
-            (a stream's first meaningful event); else ``timeouts.first_byte`` from now.
+        The caller bounds the wait (:meth:`open`, or an attempt's :class:`~.watchdog.Watchdog`)
+        and reads (and releases) the body. Raises :class:`UpstreamError`.
         """
         session = self._sessions[upstream]
         url: URL | None
@@ -94,22 +103,19 @@ class Upstreams:
             url = self._urls.get((upstream, path))
             if url is None:
                 url = self._urls[(upstream, path)] = upstream_url(self._base_urls[upstream], path)
-        send_headers = {**headers, **self._auth[upstream]}
+        if body is not None and content_type == "application/json" and not headers:
+            send_headers = self._json_headers[upstream]  # the common case: prepared once per upstream
+        else:
+            send_headers = {**headers, **self._auth[upstream]}
+            if body is not None and content_type:
+                send_headers["Content-Type"] = content_type
         client_timeout = self._connect_timeouts.get(timeouts.connect)
         if client_timeout is None:
             client_timeout = self._connect_timeouts[timeouts.connect] = aiohttp.ClientTimeout(
                 total=None, sock_connect=timeouts.connect)
-        if body is not None and content_type:
-            send_headers["Content-Type"] = content_type
-        if first_byte_deadline is None:
-            first_byte_deadline = asyncio.get_running_loop().time() + timeouts.first_byte
         try:
-            async with asyncio.timeout_at(first_byte_deadline):
-                response = await session.request(method, url, data=body, headers=send_headers,
-                                                 allow_redirects=False, timeout=client_timeout)
-        except TimeoutError:
-            raise UpstreamError("timeout", f"no response within the first_byte timeout "
-                                f"({timeouts.first_byte:g}s)") from None
+            response = await session.request(method, url, data=body, headers=send_headers,
+                                             allow_redirects=False, timeout=client_timeout)
         except aiohttp.ClientConnectorError as exc:
             reason = exc.os_error.strerror or exc.os_error
             raise UpstreamError("connect", f"cannot connect to upstream {upstream!r}: {reason}") from None
@@ -155,3 +161,7 @@ class Upstreams:
             detail += f": {message}"
         raise UpstreamError("http", detail, status=response.status, retry_after=retry_after, body=relay,
                             headers=response.headers)
+
+
+def first_byte_timeout(timeouts: AttemptTimeouts) -> UpstreamError:
+    return UpstreamError("timeout", f"no response within the first_byte timeout ({timeouts.first_byte:g}s)")

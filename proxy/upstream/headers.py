@@ -27,5 +27,20 @@ def forwardable_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def relayable_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
-    return CIMultiDict((k, v) for k, v in headers.items()
-                       if k.lower() not in _DROP_RESPONSE and not k.lower().startswith("x-ratelimit-"))
+    """The upstream's response headers the client may see, every value kept (passthrough)."""
+    return CIMultiDict((k, v) for k, v in headers.items() if _relayable(k.lower()))
+
+
+def relayable_dict(headers: Mapping[str, str]) -> dict[str, str]:
+    """The same as one plain mapping with lower-case names, to which the gateway's own headers
+    are added by name (a repeated upstream header is joined with ``, ``, as HTTP allows)."""
+    out: dict[str, str] = {}
+    for key, value in headers.items():
+        name = key.lower()
+        if _relayable(name):
+            out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
+
+
+def _relayable(name: str) -> bool:
+    return name not in _DROP_RESPONSE and not name.startswith("x-ratelimit-")
