@@ -46,7 +46,7 @@ _WAIT = 0.1
 class FleetBreaker(Breaker):
     """A breaker mirroring the fleet's (see the module docstring); local while degraded."""
 
-    __slots__ = ("fleet", "token", "token_until", "timer", "claiming")
+    __slots__ = ("fleet", "token", "token_until", "timer", "claiming", "heard")
 
     def __init__(self, model: str, settings: BreakerSettings, metrics: BreakerMetrics, label: str | None,
                  fleet: FleetBreakers) -> None:
@@ -56,6 +56,9 @@ class FleetBreaker(Breaker):
         self.token_until = 0.0  # ...until then, unless a request uses it
         self.timer: Any = None  # when to claim the slot
         self.claiming = False
+        #: Messages heard from the channel: a reply to a call that was on its way while one came
+        #: may be older than it, so it is not applied (the breaker is read again instead).
+        self.heard = 0
 
     def allow(self, now: float) -> tuple[bool, bool]:
         if not self.fleet.live:
@@ -186,10 +189,11 @@ class FleetBreakers:
                     args: list[Any] = [*self._args]
                     for breaker, failed, probe in outcomes:
                         args += (breaker.model, int(failed), int(probe))
+                    heard = [b.heard for b, _, _ in outcomes]
                     reply = await self._record(keys=[self._key(b) for b, _, _ in outcomes], args=args)
                     for i, (breaker, _, _) in enumerate(outcomes):
                         state, left, changed = reply[3 * i: 3 * i + 3]
-                        breaker.mirror(int(state), int(left) / 1000, None, bool(int(changed)))
+                        self._apply(breaker, heard[i], int(state), int(left) / 1000, None, bool(int(changed)))
                 if unread:
                     await self._refresh(unread)
         except self.state.errors as exc:  # degraded: the breakers decide locally meanwhile
@@ -199,10 +203,26 @@ class FleetBreakers:
             self._sending = None
 
     async def _refresh(self, breakers: list[FleetBreaker]) -> None:
+        heard = [b.heard for b in breakers]
         reply = await self._read(keys=[self._key(b) for b in breakers])
         for i, breaker in enumerate(breakers):
             state, left, holder = reply[3 * i: 3 * i + 3]
-            breaker.mirror(int(state), int(left) / 1000, _text(holder))
+            self._apply(breaker, heard[i], int(state), int(left) / 1000, _text(holder))
+
+    def _apply(self, breaker: FleetBreaker, heard: int, state: int, left: float, holder: str | None,
+               changed: bool = False) -> None:
+        """A call's reply, unless a message came while it was on its way: Redis may have run the call
+        before what the message says, so the breaker is read again instead (until no message crosses)."""
+        if breaker.heard == heard:
+            breaker.mirror(state, left, holder, changed)
+            return
+        if changed:  # the change this call made is still counted and logged once
+            if breaker.label is not None:
+                breaker.metrics.transitions(breaker.label, _STATE_NAMES[state]).inc()
+            log.log(logging.WARNING if state == OPEN else logging.INFO, "circuit breaker of %s is now %s",
+                    breaker.model, _STATE_NAMES[state])
+        self._unread.append(breaker)
+        self._kick()
 
     def claim(self, breaker: FleetBreaker) -> None:
         if not breaker.claiming and self.live:
@@ -219,9 +239,11 @@ class FleetBreakers:
 
     async def _claim_slot(self, breaker: FleetBreaker) -> None:
         try:
+            heard = breaker.heard
             state, left, mine, changed = await self._claim(keys=[self._key(breaker)], args=[
                 self._hold_ms, self._ttl_ms, self.channel, breaker.model, self.instance])
-            breaker.mirror(int(state), int(left) / 1000, self.instance if int(mine) else "", bool(int(changed)))
+            self._apply(breaker, heard, int(state), int(left) / 1000, self.instance if int(mine) else "",
+                        bool(int(changed)))
         except self.state.errors as exc:
             self.state.failed(exc)
         finally:
@@ -297,6 +319,7 @@ class FleetBreakers:
         parts = _text(data).split(" ", 3)
         breaker = self.breakers.get(parts[3]) if len(parts) == 4 else None
         if isinstance(breaker, FleetBreaker):
+            breaker.heard += 1
             breaker.mirror(int(parts[0]), int(parts[1]) / 1000, parts[2])
 
 

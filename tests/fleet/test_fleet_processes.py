@@ -142,13 +142,15 @@ retry:
             status, _, _ = await post(session, a, chat("gpt-4.1"), SHOP)
             assert status == 200
         assert mock.stats.by_model["gpt-4.1"] == 3
-        await asyncio.sleep(0.2)  # the breaker opened in Redis; B hears it on the channel
+        await breaker_state(session, b, "gpt-4.1", 2)  # opened in Redis; B hears it on the channel
         for _ in range(5):
             status, _, headers = await post(session, b, chat("gpt-4.1"), SHOP)
             assert status == 200 and headers["x-floodgate-fallback"] == "gpt-4.1->claude-sonnet-4.5"
         assert mock.stats.by_model["gpt-4.1"] == 3  # none of B's requests tried the open target
 
-        await asyncio.sleep(2.5)  # the cooldown: one process claims the fleet's probe slot
+        await asyncio.sleep(2.0)  # the cooldown: one process claims the fleet's probe slot
+        for gw in (a, b):
+            await breaker_state(session, gw, "gpt-4.1", 1)  # half-open everywhere
         results = await asyncio.gather(*(post(session, (a, b)[i % 2], chat("gpt-4.1"), SHOP) for i in range(20)))
         assert [status for status, _, _ in results] == [200] * 20
         probes = mock.stats.by_model["gpt-4.1"] - 3
@@ -158,6 +160,17 @@ retry:
         status, _, headers = await post(session, b, chat("gpt-4.1"), SHOP)
         assert status == 200 and "x-floodgate-fallback" not in headers
         assert mock.stats.by_model["gpt-4.1"] == 5
+
+
+async def breaker_state(session: aiohttp.ClientSession, gw: Gateway, model: str, state: int) -> None:
+    """Wait (on real I/O, bounded) until ``gw`` reports ``model``'s breaker in ``state`` (2 open, 1 half-open)."""
+    line = f'floodgate_retry_breaker_state{{model="{model}"}} {float(state)}'
+    for _ in range(500):
+        async with session.get(f"{gw.base}/metrics") as response:
+            if line in (await response.text()).splitlines():
+                return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{gw.base}: the breaker of {model} never reached state {state}")
 
 
 async def metric(session: aiohttp.ClientSession, gw: Gateway, name: str) -> float:
