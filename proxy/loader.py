@@ -16,9 +16,13 @@ attribute, if any, must be a pydantic model: the class that validates its
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import inspect
+import pathlib
+import site
+import sysconfig
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -94,12 +98,26 @@ def _version(obj: Any, distributions: _Distributions) -> str | None:
     if top in ("proxy", "plugins"):
         from . import __version__
         return __version__
+    if not _installed(module):
+        return None  # a module of no distribution (a test's, a script's): the scan would find nothing
     for dist in distributions(top):
         try:
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             continue
     return None
+
+
+def _installed(module: Any) -> bool:
+    """Whether ``module`` was imported from an installation directory (site-packages and the like)."""
+    path = getattr(module, "__file__", None)
+    if not path:
+        return False
+    roots = {sysconfig.get_paths()[kind] for kind in ("purelib", "platlib")} | set(site.getsitepackages())
+    with contextlib.suppress(AttributeError):
+        roots.add(site.getusersitepackages())
+    resolved = str(pathlib.Path(path).resolve())
+    return any(resolved.startswith(str(pathlib.Path(root).resolve()) + "/") for root in roots if root)
 
 
 def _entry_point_refs() -> list[tuple[str, str]]:

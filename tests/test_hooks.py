@@ -945,3 +945,20 @@ async def test_event_loop_lag_is_measured():
     count = registry.get_sample_value("floodgate_event_loop_lag_seconds_count")
     fast = registry.get_sample_value("floodgate_event_loop_lag_seconds_bucket", {"le": "0.1"})
     assert count and fast is not None and fast < count  # at least one sample was later than 100 ms
+
+
+def test_a_plugins_version_comes_from_its_distribution_without_a_scan_for_local_modules(monkeypatch):
+    import importlib.metadata
+
+    import typing_extensions
+
+    from proxy.loader import _Distributions, _version
+
+    scans = []
+    real = importlib.metadata.packages_distributions
+    monkeypatch.setattr(importlib.metadata, "packages_distributions", lambda: scans.append(1) or real())
+    assert _version(Configured(), _Distributions()) is None and scans == []  # a test's module: no scan
+    distributions = _Distributions()
+    # an installed module with no __version__ of its own: its distribution is looked up
+    assert _version(typing_extensions.deprecated, distributions) == importlib.metadata.version("typing_extensions")
+    assert scans == [1]
