@@ -41,7 +41,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import configs  # noqa: E402
-from bench.procs import free_port, http, process_cpu, wait_ready  # noqa: E402
+from bench.procs import free_port, guarded, http, process_cpu, wait_ready  # noqa: E402
 from bench.report import FESTIVAL_LATENCY_MS, fmt, machine, median, overhead_delta, progress  # noqa: E402
 from bench.run import CHAT_PATH, FAST_MOCK, Bench, Stack  # noqa: E402
 from bench.run import parse_args as bench_args  # noqa: E402
@@ -278,23 +278,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     fleet.results["machine"] = machine()
     fleet.results["options"] = vars(args)
-    status = 0
-    try:
-        phases = set(args.only.split(","))
-        if "throughput" in phases:
+    def phases() -> None:
+        chosen = set(args.only.split(","))
+        if "throughput" in chosen:
             fleet.throughput_latency()
-        if "festival" in phases:
+        if "festival" in chosen:
             fleet.festival()
-    except KeyboardInterrupt:
-        progress("interrupted: stopping every process started")
-        status = 130
-    except Exception as exc:
-        progress(f"error: {exc}")
-        status = 1
-    finally:
+
+    def cleanup() -> None:
         fleet.bench.procs.stop_all()
         fleet.cleanup()
         signal.signal(signal.SIGTERM, previous)
+
+    status = guarded(phases, cleanup, progress)
     text = render(fleet.results)
     print(text)
     if args.json:

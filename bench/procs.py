@@ -163,3 +163,20 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024.0
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def guarded(work: Callable[[], None], cleanup: Callable[[], None], progress: Callable[[str], None]) -> int:
+    """Run a benchmark's phases; whatever happens (Ctrl-C, SIGTERM raised as KeyboardInterrupt, an
+    error) ``cleanup`` stops what was started. The exit status: 0, 130 interrupted, 1 failed."""
+    status = 0
+    try:
+        work()
+    except KeyboardInterrupt:
+        progress("interrupted: stopping every process started")
+        status = 130
+    except Exception as exc:
+        progress(f"error: {exc}")
+        status = 1
+    finally:
+        cleanup()
+    return status

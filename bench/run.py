@@ -45,6 +45,7 @@ from bench.procs import (  # noqa: E402
     event_loop,
     foreign_cpu,
     free_port,
+    guarded,
     http,
     process_cpu,
     rss_mb,
@@ -467,8 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.results["machine"]["event_loop"] = bench.loop
     progress(f"work directory {workdir}; phases {', '.join(args.phases)}; "
              f"{'pinned' if bench.pin else 'not pinned'}; driver {bench.results['driver']}")
-    status = 0
-    try:
+    def run_phases() -> None:
         phases = set(args.phases)
         if phases & {"throughput", "latency"}:
             bench.phase_throughput_latency(phases)
@@ -482,16 +482,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             overload.run(bench)
         if "memory" in phases:
             bench.phase_memory()
-    except KeyboardInterrupt:
-        progress("interrupted: stopping every process started")
-        status = 130
-    except Exception as exc:
-        progress(f"error: {exc}")
-        status = 1
-    finally:
+
+    def cleanup() -> None:
         bench.procs.stop_all()
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
+
+    status = guarded(run_phases, cleanup, progress)
     bench.results["loadavg_end"] = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None
     if any(k in bench.results for k in PHASES):
         text = Report(bench.results, rounds=args.rounds, pinned=bench.pin).render()

@@ -162,3 +162,22 @@ def test_flaky_phase_configs_and_table(tmp_path: Any) -> None:
                           "hedged": {**run, "errors": {}, "hedges": 5, "hedge_wins": 4}})
     assert "| bare forwarder | 100 | 1 (1.0%): no_done 1 | 240 ms | 3100 ms | – |" in table
     assert "| Floodgate, hedging after 400 ms | 99 | 0 (0.0%) | 240 ms | 3100 ms | 5 / 4 |" in table
+
+
+def test_guarded_phases_always_clean_up_and_say_how_they_ended() -> None:
+    from bench.procs import guarded
+
+    said: list[str] = []
+    cleaned: list[int] = []
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    def failing() -> None:
+        raise RuntimeError("mock did not start")
+
+    assert guarded(lambda: None, lambda: cleaned.append(0), said.append) == 0
+    assert guarded(interrupted, lambda: cleaned.append(130), said.append) == 130
+    assert guarded(failing, lambda: cleaned.append(1), said.append) == 1
+    assert cleaned == [0, 130, 1]
+    assert said == ["interrupted: stopping every process started", "error: mock did not start"]
