@@ -99,7 +99,9 @@ class TrafficPlugin:
             meter = self.deployments[name] = Meter()
         return meter
 
-    @proxy.hookimpl(trylast=True)  # after the limits admitted it (and the ladder may have moved it)
+    # trylast: after the ladder may have moved it. The limits' decisions may be deferred (proxy.Deferred),
+    # so a request they then refuse or queue counts from here until it finishes.
+    @proxy.hookimpl(trylast=True)
     def proxy_admit(self, ctx: proxy.RequestContext) -> None:
         if ctx.route is not None:
             meter = self._route(ctx.route)

@@ -12,6 +12,7 @@ silent ``None``. A hook nobody implements costs nothing: the gateway asks
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import logging
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import pluggy
 
 from . import hookspecs
+from .deferred import Deferred
 from .errors import ConfigError, ConfigErrors, Rejection
 from .hookspecs import MODES
 from .types import (
@@ -234,7 +236,26 @@ class Hooks:
             return None
 
     async def admit(self, ctx: RequestContext) -> None:
-        await self._all("proxy_admit", {"ctx": ctx})
+        """Every ``proxy_admit`` in order; a :class:`~proxy.deferred.Deferred` one is awaited after the
+        rest have run, so their shared-state calls share a round trip (see :mod:`proxy.deferred`)."""
+        deferred: list[asyncio.Future[Any]] = []
+        try:
+            for impl in self._impls["proxy_admit"]:
+                result = impl.fn(ctx) if impl.ctx_only else impl.fn()
+                if result is None:
+                    continue
+                if isinstance(result, Deferred):
+                    deferred.append(asyncio.ensure_future(result.awaitable))
+                elif impl.is_async or inspect.isawaitable(result):
+                    await result
+            for decision in deferred:
+                await decision
+        except BaseException:
+            if deferred:  # what the pending ones were granted goes back; the done ones settle when finished
+                for decision in deferred:
+                    decision.cancel()
+                await asyncio.gather(*deferred, return_exceptions=True)
+            raise
 
     async def predicted_wait(self, ctx: RequestContext, route: Route) -> float | None:
         """The longest wait any plugin predicts for ``ctx`` on ``route``; ``None``: nobody limits it."""

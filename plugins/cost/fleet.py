@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import proxy
 
@@ -36,7 +38,14 @@ log = logging.getLogger("floodgate.cost")
 
 #: Reservations Redis could not release kept for the replay, at most (the rest lapse with their lease).
 MAX_UNRELEASED = 100_000
+T = TypeVar("T")
 Figures = tuple[float, float, float]  # (spent today, spent this month, reserved), US dollars
+
+
+def _known(value: T) -> asyncio.Future[T]:
+    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future
 
 
 def memory_budgets(state: proxy.SharedState) -> MemoryBudgetStore:
@@ -98,31 +107,49 @@ class FleetBudgets:
             self.local = LocalShareBudgets(state.local_share(1.0), self.redis.seen)
         return False
 
-    async def reserve(self, key: str, limits: Limits, amount: float, now: float) -> Verdict:
+    def reserve(self, key: str, limits: Limits, amount: float, now: float) -> Awaitable[Verdict]:
+        """The verdict (an awaitable). The call to Redis is queued now: it goes out with what
+        the other plugins ask for the same request. Raises the 503 of ``on_error: reject``."""
         if self._use_redis():
-            try:
-                return await self.redis.reserve(key, limits, amount, now)
-            except self.state.errors as exc:
-                self.state.failed(exc)
-            self._use_redis()
+            return self._remote(self.redis.reserve(key, limits, amount, now), key, limits, amount, now)
+        assert self.local is not None
+        return _known(self.local.reserve_now(key, limits, amount, now))
+
+    async def _remote(self, pending: Awaitable[Verdict], key: str, limits: Limits, amount: float,
+                      now: float) -> Verdict:
+        try:
+            return await pending
+        except self.state.errors as exc:
+            self.state.failed(exc)
+        self._use_redis()
         assert self.local is not None
         return self.local.reserve_now(key, limits, amount, now)
 
-    async def settle(self, key: str, reservation: Reservation | None, cost: float, now: float) -> Figures | None:
+    def settle(self, key: str, reservation: Reservation | None, cost: float, now: float) -> Awaitable[Figures | None]:
         """Release ``reservation`` where it was made and charge ``cost``: in Redis if it answers,
-        else locally and later into Redis. Never refuses (it settles a request already answered)."""
+        else locally and later into Redis. Never refuses (it settles a request already answered).
+        The call to Redis is queued now, with what other plugins send for the request's finish."""
         remote = reservation if reservation is not None and reservation.lease else None
         if reservation is not None and remote is None and self.local is not None:
             self.local.settle_now(key, reservation, 0.0, now)
         if self.state.shared:
-            try:
-                return await self.redis.settle(key, remote, cost, now)
-            except self.state.errors as exc:
-                self.state.failed(exc)
+            return self._settle_remote(self.redis.settle(key, remote, cost, now), key, remote, cost, now)
+        self._settle_local(key, remote, cost, now)
+        return _known(None)
+
+    async def _settle_remote(self, pending: Awaitable[Figures], key: str, reservation: Reservation | None,
+                             cost: float, now: float) -> Figures | None:
+        try:
+            return await pending
+        except self.state.errors as exc:
+            self.state.failed(exc)
+        self._settle_local(key, reservation, cost, now)
+        return None
+
+    def _settle_local(self, key: str, reservation: Reservation | None, cost: float, now: float) -> None:
         if self.local is not None and cost:
             self.local.settle_now(key, None, cost, now)  # this worker's share counts it at once
-        self._owe(key, remote, cost, now)
-        return None
+        self._owe(key, reservation, cost, now)
 
     def _owe(self, key: str, reservation: Reservation | None, cost: float, now: float) -> None:
         """Keep for the replay: a reservation Redis did not release (with its cost: the call may
@@ -180,7 +207,8 @@ class FleetBudgets:
 
 def fleet_budgets(state: proxy.SharedState) -> FleetBudgets:
     """The application's Redis budgets, kept across reloads (lease lifetime as the store's default)."""
-    return state.keep("cost.fleet", lambda: FleetBudgets(state, RedisBudgetStore(state.redis, state.key("budget"))))
+    return state.keep("cost.fleet", lambda: FleetBudgets(
+        state, RedisBudgetStore(state.redis, state.key("budget"), scripts=state.pipe)))
 
 
 class LedgerPool:

@@ -154,10 +154,10 @@ class CostPlugin:
             await self._ledgers.release(self.ledger)  # the last configuration using it closes it
 
     # -- per request ---------------------------------------------------------------
-    @proxy.hookimpl(tryfirst=True)  # refuse before waiting in a rate-limit queue
-    def proxy_admit(self, ctx: proxy.RequestContext) -> Awaitable[None] | None:
+    @proxy.hookimpl(tryfirst=True)  # its refusal comes first, and cancels a wait in a rate-limit queue
+    def proxy_admit(self, ctx: proxy.RequestContext) -> proxy.Deferred | None:
         """Reserve the request's maximum cost (0 if unpriced) against the key's budgets; journal
-        its provisional row."""
+        its provisional row. With a shared store the verdict is deferred (:class:`proxy.Deferred`)."""
         limits = self._limits(ctx.principal.policy)
         if not limits and self.ledger is None:
             return None
@@ -192,18 +192,27 @@ class CostPlugin:
         except Exception:  # the ledger observes: it never fails a request
             log.exception("usage ledger: the provisional row of request %s could not be queued", ctx.request_id)
 
-    async def _reserve_shared(self, ctx: proxy.RequestContext, key: str, limits: Limits,
-                              amount: float | None) -> None:
+    def _reserve_shared(self, ctx: proxy.RequestContext, key: str, limits: Limits,
+                        amount: float | None) -> proxy.Deferred:
+        """The shared store's verdict, deferred: its call is queued now and goes out with the rate
+        limiter's (one round trip); the request waits for both after every admission hook ran."""
         assert self.shared is not None
         try:
-            verdict = await self.shared.reserve(key, limits, amount or 0.0, self.clock.wall())
+            pending = self.shared.reserve(key, limits, amount or 0.0, self.clock.wall())
         except proxy.Rejection:
             raise  # the shared state is unavailable under on_error: reject
         except Exception as exc:  # a security stage: fail closed
-            log.error("budget store unavailable (%s): budgeted requests are refused", type(exc).__name__)
-            raise proxy.Rejection(503, "The budget service is unavailable; please retry shortly.",
-                                  code="budget_unavailable", type="server_error",
-                                  headers={"retry-after": "1"}) from None
+            raise _unavailable(exc) from None
+        return proxy.Deferred(self._await_verdict(ctx, key, limits, amount, pending))
+
+    async def _await_verdict(self, ctx: proxy.RequestContext, key: str, limits: Limits, amount: float | None,
+                             pending: Awaitable[Verdict]) -> None:
+        try:
+            verdict = await pending
+        except proxy.Rejection:
+            raise
+        except Exception as exc:
+            raise _unavailable(exc) from None
         self._decided(ctx, key, limits, amount, verdict)
 
     def _decided(self, ctx: proxy.RequestContext, key: str, limits: Limits, amount: float | None,
@@ -261,7 +270,8 @@ class CostPlugin:
         reservation: Reservation | None = ctx.state.pop(_STATE, None)
         if self.shared is not None:
             if reservation is not None or usd:  # in the background: the response is out, the row journaled
-                task = asyncio.get_running_loop().create_task(self._settle_shared(key, reservation, usd, now))
+                settling = self._settle_shared(key, self.shared.settle(key, reservation, usd, now))
+                task = asyncio.get_running_loop().create_task(settling)
                 self._settling.add(task)
                 task.add_done_callback(self._settling.discard)
             return None
@@ -274,10 +284,10 @@ class CostPlugin:
         while self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
 
-    async def _settle_shared(self, key: str, reservation: Reservation | None, cost: float, now: float) -> None:
-        assert self.shared is not None
+    async def _settle_shared(self, key: str, pending: Awaitable[tuple[float, float, float] | None]) -> None:
+        """The settlement's reply (its call was queued with the request's other finishing calls)."""
         try:
-            figures = await self.shared.settle(key, reservation, cost, now)
+            figures = await pending
         except Exception as exc:  # an observer: fail open (the lease expires; the ledger has the row)
             log.error("budget store: settling a request of key %r failed (%s)", key, type(exc).__name__)
             return
@@ -375,3 +385,10 @@ class CostPlugin:
         if limits.monthly is not None:
             self._remaining(key, "month").set(max(0.0, limits.monthly - month))
         self._reserved(key).set(reserved)
+
+
+def _unavailable(exc: Exception) -> proxy.Rejection:
+    """The budget store failed: budgeted requests are refused (a security stage fails closed)."""
+    log.error("budget store unavailable (%s): budgeted requests are refused", type(exc).__name__)
+    return proxy.Rejection(503, "The budget service is unavailable; please retry shortly.",
+                           code="budget_unavailable", type="server_error", headers={"retry-after": "1"})

@@ -2,9 +2,10 @@
 
 One atomic Lua script per admission (expire dead leases, read spent and reserved,
 apply the rule of :mod:`.budgets`, add the lease) and one per settlement (drop the
-lease, add the cost to the current day and month): one round trip each, and the
-admissions (settlements) a worker makes while its previous call is on its way go
-together in the next call.
+lease, add the cost to the current day and month). The admissions (settlements) a
+worker makes in one turn of its event loop go together in one call
+(:class:`proxy.Coalescer`), which on the gateway's pipe shares its round trip with
+the other stores' calls of that turn (the request's rate limits).
 
 Keys, under ``prefix`` and a hash tag of the key name (one cluster slot per key)::
 
@@ -26,9 +27,12 @@ import asyncio
 import math
 import os
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import redis.asyncio as redis
+
+import proxy
 
 from .budgets import DAY, MONTH, Limits, Reservation, Verdict
 from .report import periods
@@ -113,44 +117,40 @@ return out
 """
 
 
-class _Coalesced:
-    """One script call on its way at a time; the calls made meanwhile go together in the next
-    (one round trip for all: a busy worker pays less per request, an idle one waits no longer)."""
+class _Calls:
+    """One script's calls, coalesced per turn of the event loop (:class:`proxy.Coalescer`): each
+    item's share of the reply is its slice (every item answers the same number of values)."""
 
-    def __init__(self, script: Any, head: list[Any], keys: int) -> None:
+    def __init__(self, script: Any, head: list[Any]) -> None:
         self._script = script
         self._head = head  # leading arguments of every call
-        self._keys = keys  # keys per item
-        self._queue: list[tuple[list[str], list[Any], asyncio.Future[list[Any]]]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._items: proxy.Coalescer[_Item] = proxy.Coalescer(self._call, _answer, _fail)
 
     def call(self, keys: list[str], args: list[Any]) -> asyncio.Future[list[Any]]:
         """This item's share of the reply (an awaitable)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Any]] = loop.create_future()
-        self._queue.append((keys, args, future))
-        if self._task is None:
-            self._task = loop.create_task(self._run())
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._items.add((keys, args, future))
         return future
 
-    async def _run(self) -> None:
-        try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                try:
-                    reply = await self._script(keys=[k for keys, _, _ in batch for k in keys],
-                                               args=[*self._head, *(a for _, args, _ in batch for a in args)])
-                except Exception as exc:
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                width = len(reply) // len(batch)
-                for i, (_, _, future) in enumerate(batch):
-                    if not future.done():
-                        future.set_result(reply[i * width:(i + 1) * width])
-        finally:
-            self._task = None
+    def _call(self, batch: list[_Item]) -> Awaitable[Any]:
+        return self._script(keys=[k for keys, _, _ in batch for k in keys],
+                            args=[*self._head, *(a for _, args, _ in batch for a in args)])
+
+
+_Item = tuple[list[str], list[Any], "asyncio.Future[list[Any]]"]
+
+
+def _answer(batch: list[_Item], reply: Any) -> None:
+    width = len(reply) // len(batch)
+    for i, (_, _, future) in enumerate(batch):
+        if not future.done():
+            future.set_result(reply[i * width:(i + 1) * width])
+
+
+def _fail(batch: list[_Item], exc: Exception) -> None:
+    for _, _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
 
 
 class RedisBudgetStore:
@@ -158,17 +158,22 @@ class RedisBudgetStore:
 
     :param redis: a ``redis.asyncio.Redis`` client (shared with the rest of the gateway's state); give
         it a ``BlockingConnectionPool``, or a burst of admissions above the pool's size fails.
+    :param scripts: where the hot-path scripts (reserve, settle) run: the gateway's
+        :attr:`proxy.SharedState.pipe`, so they share their round trips with the other stores'
+        (default: ``redis``).
     :param prefix: the namespace of every key this store writes.
     :param lease_ttl: seconds a reservation lasts if its request never settles (its
         worker died); longer than the longest request.
     """
 
-    def __init__(self, redis: redis.Redis, prefix: str, *, lease_ttl: float = 900.0) -> None:
+    def __init__(self, redis: redis.Redis, prefix: str, *, lease_ttl: float = 900.0,
+                 scripts: Any = None) -> None:
         self.redis = redis
+        scripts = scripts if scripts is not None else redis
         self.prefix = prefix
         self.lease_ttl_ms = int(lease_ttl * 1000)
-        self._reserve = _Coalesced(redis.register_script(_RESERVE), [self.lease_ttl_ms], 5)
-        self._settle = _Coalesced(redis.register_script(_SETTLE), [], 5)
+        self._reserve = _Calls(scripts.register_script(_RESERVE), [self.lease_ttl_ms])
+        self._settle = _Calls(scripts.register_script(_SETTLE), [])
         #: Per key, the fleet's (day, month, reserved) in US dollars as the last reply said: what a
         #: worker's local share starts from while Redis is unreachable, and the budget gauges.
         self.seen: dict[str, tuple[float, float, float]] = {}
@@ -195,11 +200,17 @@ class RedisBudgetStore:
                  f"{base}:leases", f"{base}:amounts", f"{base}:reserved"]
         return names, int(day_end) + GRACE, int(month_end) + GRACE
 
-    async def reserve(self, key: str, limits: Limits, amount: float, now: float) -> Verdict:
+    def reserve(self, key: str, limits: Limits, amount: float, now: float) -> Awaitable[Verdict]:
+        """The verdict (an awaitable); the call is queued now, so it leaves with the calls the
+        other plugins queue for the same request."""
         names, _, _ = self.keys(key, now)
         lease = os.urandom(8).hex()
         nano = math.ceil(round(amount * _NANO, 3))  # up, but not for float noise (1.23e-4 -> 123000)
         pending = self._reserve.call(names, [nano, _cap(limits.daily), _cap(limits.monthly), lease])
+        return self._verdict(pending, key, limits, lease, nano, now)
+
+    async def _verdict(self, pending: asyncio.Future[list[Any]], key: str, limits: Limits, lease: str, nano: int,
+                       now: float) -> Verdict:
         try:
             result = await asyncio.shield(pending)
         except asyncio.CancelledError:  # its client left: what Redis granted meanwhile goes back
@@ -214,17 +225,22 @@ class RedisBudgetStore:
             return Verdict(None, DAY, limits.daily or 0.0, day, reserved)
         return Verdict(None, MONTH, limits.monthly or 0.0, month, reserved)
 
-    async def settle(self, key: str, reservation: Reservation | None, cost: float, now: float, *,
-                     once: bool = False) -> tuple[float, float, float]:
-        """Release ``reservation`` and charge ``cost``; the key's (day, month, reserved) after it.
+    def settle(self, key: str, reservation: Reservation | None, cost: float, now: float, *,
+               once: bool = False) -> Awaitable[tuple[float, float, float]]:
+        """Release ``reservation`` and charge ``cost``; the key's (day, month, reserved) after it
+        (an awaitable: the call is queued now, with the rest of this turn's).
 
         ``once``: a replay of a settlement whose answer was lost (it may have run): charge only
         if the reservation is still there.
         """
         names, day_expiry, month_expiry = self.keys(key, now)
-        result = await self._settle.call(names, [
+        pending = self._settle.call(names, [
             reservation.lease if reservation is not None else "", round(cost * _NANO), day_expiry, month_expiry,
             "1" if once else "0"])
+        return self._figures(key, pending)
+
+    async def _figures(self, key: str, pending: Awaitable[list[Any]]) -> tuple[float, float, float]:
+        result = await pending
         figures = self.seen[key] = (int(result[0]) / _NANO, int(result[1]) / _NANO, int(result[2]) / _NANO)
         return figures
 

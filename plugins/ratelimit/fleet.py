@@ -106,7 +106,7 @@ class KeptStores:
         if state.backend == "redis":
             share = state.local_share(1.0)
             local = LocalShareStore(max(1, round(1.0 / share)))
-            self.redis = RedisBucketStore(state.redis, state.key("rl") + ":", log_failures=False)
+            self.redis = RedisBucketStore(state.pipe, state.key("rl") + ":", log_failures=False)
             self.fleet = FleetStore(state, self.redis, local)
         self._users = 0
 

@@ -146,8 +146,9 @@ class RateLimitPlugin:
     def proxy_admit(self, ctx: proxy.RequestContext) -> Awaitable[None] | None:
         """Take from every bucket the request needs, or queue / reject.
 
-        Synchronous unless the request must wait or the store is remote: then it
-        returns the coroutine (the core awaits what is awaitable).
+        Synchronous unless the request must wait or the store is remote: then it returns
+        what to await, :class:`proxy.Deferred` unless it places the request on one of a
+        model's deployments (that changes ``ctx.route``, which later plugins must see).
         """
         planner = self._planner
         if not planner.configured and ctx.principal.policy.rate_limit is None:
@@ -159,7 +160,10 @@ class RateLimitPlugin:
         plan = planner.plan(ctx, target)
         if plan is None and target is None:
             return None
-        return self._admit_plan(ctx, plan or Plan((), (), 0, target))
+        waiting = self._admit_plan(ctx, plan or Plan((), (), 0, target))
+        # One target: the route stays as it is, so the decision may come with the other plugins' (a
+        # shared store's call goes out with theirs: one round trip for the request's admission).
+        return proxy.Deferred(waiting) if waiting is not None else None
 
     # -- placement on a model's deployments ------------------------------------------
     def _place(self, ctx: proxy.RequestContext, candidates: Sequence[proxy.Target]) -> Awaitable[None] | None:

@@ -4,9 +4,10 @@ What :class:`~.store.MemoryBucketStore` does in one process, fleet-wide:
 
 * **One round trip per admission**, a Lua script atomic over all the request's
   claims (all or nothing), timed by Redis's clock, never the workers'
-  (:mod:`.redis_scripts`). Admissions a worker makes while its previous call is
-  on its way go together in the next one: one round trip serves them all, so a
-  busy worker pays less per request, and an idle one waits no longer.
+  (:mod:`.redis_scripts`). Admissions a worker makes in one turn of its event
+  loop go together in one call when the turn ends (:class:`proxy.Coalescer`);
+  on the gateway's pipe (:attr:`proxy.SharedState.pipe`) that call shares its
+  write with the other stores' (a request's budget), so admission is one round trip.
 * **Token buckets** are refilled lazily as in memory and expire when they would
   be full again (time to refill + ``ttl_margin``): Redis holds only buckets in
   use, whatever the number of keys and models.
@@ -32,10 +33,10 @@ import contextlib
 import itertools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+from collections.abc import Awaitable, Sequence
+from typing import Any, NamedTuple
 
-from redis.asyncio import Redis
+import proxy
 
 from .redis_scripts import LOWER, RENEW, SETTLE, TAKE
 from .store import Claim, Grant, Return
@@ -45,12 +46,6 @@ __all__ = ["RedisBucketStore"]
 log = logging.getLogger("floodgate.ratelimit")
 
 
-class _Answered(Protocol):
-    @property
-    def future(self) -> asyncio.Future[Any] | None: ...
-
-
-T = TypeVar("T", bound=_Answered)
 #: Buckets whose Redis key and parameters are kept encoded; past it the memory starts again.
 _ENCODED_MAX = 10_000
 
@@ -71,49 +66,7 @@ class _Give(NamedTuple):
     future: asyncio.Future[None] | None  # None: a give-back nobody waits for
 
 
-class _Batches(Generic[T]):
-    """One call on its way at a time; what is added meanwhile goes in the next, together."""
-
-    def __init__(self, send: Callable[[list[T]], Awaitable[None]]) -> None:
-        self._send = send
-        self._pending: list[T] = []
-        self._ready: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def add(self, item: T) -> None:
-        self._pending.append(item)
-        if self._task is None:
-            self._ready = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        assert self._ready is not None
-        self._ready.set()
-
-    async def _run(self) -> None:
-        assert self._ready is not None
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            batch, self._pending = self._pending, []
-            try:
-                await self._send(batch)  # answers every item, errors included
-            except BaseException as exc:  # cancelled (closing), or a bug: nobody may wait for ever
-                _fail(batch, exc if isinstance(exc, Exception) else ConnectionError("the bucket store was closed"))
-                if not isinstance(exc, Exception):
-                    raise
-                log.exception("rate limit: a call to Redis failed")
-
-    async def close(self) -> list[T]:
-        """Stop; the items no call will answer now."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        left, self._pending = self._pending, []
-        return left
-
-
-def _fail(items: Sequence[_Answered], error: Exception) -> None:
+def _fail(items: Sequence[_Ask] | Sequence[_Give], error: Exception) -> None:
     for item in items:
         if item.future is not None and not item.future.done():
             item.future.set_exception(error)
@@ -122,7 +75,8 @@ def _fail(items: Sequence[_Answered], error: Exception) -> None:
 class RedisBucketStore:
     """The :class:`~.store.BucketStore` of a fleet: buckets and leases in Redis.
 
-    :param redis: a ``redis.asyncio.Redis`` client (bytes or decoded responses both work).
+    :param redis: where the scripts run: the gateway's :class:`proxy.SharedState.pipe`, or a
+        ``redis.asyncio.Redis`` client (bytes or decoded responses both work).
     :param prefix: put before every key; one prefix per gateway fleet.
     :param lease: seconds a concurrency slot stays held without renewal: how long
         the slots of a worker that died stay taken.
@@ -136,7 +90,7 @@ class RedisBucketStore:
 
     shared = True
 
-    def __init__(self, redis: Redis, prefix: str, *, lease: float = 30.0, renew_every: float | None = None,
+    def __init__(self, redis: Any, prefix: str, *, lease: float = 30.0, renew_every: float | None = None,
                  ttl_margin: float = 1.0, log_failures: bool = True) -> None:
         if lease <= 0 or ttl_margin < 0:
             raise ValueError("lease must be positive and ttl_margin not negative")
@@ -151,8 +105,10 @@ class RedisBucketStore:
         self._lower = redis.register_script(LOWER)
         worker = os.urandom(6).hex()  # lease ids are unique across the fleet without coordination
         self._lease_ids = (f"{worker}:{n}" for n in itertools.count(1))
-        self._asks: _Batches[_Ask] = _Batches(self._send_asks)
-        self._gives: _Batches[_Give] = _Batches(self._send_gives)
+        self._asks: proxy.Coalescer[_Ask] = proxy.Coalescer(self._call_asks, self._answer_asks,
+                                                            self._asks_failed)
+        self._gives: proxy.Coalescer[_Give] = proxy.Coalescer(self._call_gives, self._answer_gives,
+                                                             self._gives_failed)
         self._live: dict[str, list[str]] = {}  # lease id -> the lease sets it holds a slot in
         self._encoded: dict[str, tuple[float, float, str, str]] = {}  # bucket -> rate, burst, key, "rate burst "
         self._renewer: asyncio.Task[None] | None = None
@@ -234,18 +190,15 @@ class RedisBucketStore:
         self._asks.add(_Ask(keys, encoded, take, next(self._lease_ids) if slots else "", slots, future))
         return future
 
-    async def _send_asks(self, batch: list[_Ask]) -> None:
+    def _call_asks(self, batch: list[_Ask]) -> Awaitable[Any]:
         keys: list[str] = []
         args: list[str | float | int] = [self.lease, self.ttl_margin]
         for ask in batch:
             keys += ask.keys
             args += (len(ask.keys), ask.claims, "1" if ask.take else "0", ask.lease)
-        try:
-            replies = await self._take(keys, args)
-        except Exception as exc:
-            self._failed("admissions", exc)
-            _fail(batch, exc)
-            return
+        return self._take(keys=keys, args=args)
+
+    def _answer_asks(self, batch: list[_Ask], replies: Any) -> None:
         self._failing = not self._log_failures
         for ask, reply in zip(batch, replies):
             out = reply.split()
@@ -262,22 +215,27 @@ class RedisBucketStore:
                 continue
             ask.future.set_result(Grant(granted, float(out[2]), int(out[1]), tuple(map(float, out[3:])), lease))
 
-    async def _send_gives(self, batch: list[_Give]) -> None:
+    def _asks_failed(self, batch: list[_Ask], exc: Exception) -> None:
+        self._failed("admissions", exc)
+        _fail(batch, exc)
+
+    def _call_gives(self, batch: list[_Give]) -> Awaitable[Any]:
         keys: list[str] = []
         args: list[str | float | int] = [self.ttl_margin]
         for give in batch:
             keys += give.keys
             args += (len(give.keys), give.claims, give.lease)
-        try:
-            await self._settle(keys, args)
-        except Exception as exc:
-            self._failed("settlements", exc)
-            _fail(batch, exc)
-            return
+        return self._settle(keys=keys, args=args)
+
+    def _answer_gives(self, batch: list[_Give], _: Any) -> None:
         self._failing = not self._log_failures
         for give in batch:
             if give.future is not None and not give.future.done():
                 give.future.set_result(None)
+
+    def _gives_failed(self, batch: list[_Give], exc: Exception) -> None:
+        self._failed("settlements", exc)
+        _fail(batch, exc)
 
     def _failed(self, what: str, exc: Exception) -> None:
         if not self._failing:  # once per outage, not once per call

@@ -132,12 +132,13 @@ class FleetBreakers:
         self._prefix = state.key("breaker") + ":"
         self._args: tuple[Any, ...] = ()
         self._hold_ms = self._lease_ms = self._ttl_ms = 0
-        if self.redis is not None:
-            self._record = self.redis.register_script(RECORD_MANY)
-            self._claim = self.redis.register_script(CLAIM)
-            self._use = self.redis.register_script(USE)
-            self._release = self.redis.register_script(RELEASE)
-            self._read = self.redis.register_script(READ)
+        if self.redis is not None:  # the scripts on the pipe: they share the requests' round trips
+            pipe = state.pipe
+            self._record = pipe.register_script(RECORD_MANY)
+            self._claim = pipe.register_script(CLAIM)
+            self._use = pipe.register_script(USE)
+            self._release = pipe.register_script(RELEASE)
+            self._read = pipe.register_script(READ)
         self._outcomes: list[tuple[FleetBreaker, bool, bool]] = []
         self._unread: list[FleetBreaker] = []
         self._sending: asyncio.Task[None] | None = None

@@ -43,6 +43,7 @@ from redis.exceptions import RedisError
 from ..config.schema import StateSettings
 from ..errors import Rejection, shorten
 from .packing import packed_class
+from .pipe import Pipe
 
 __all__ = ["STATE_ERRORS", "SharedState"]
 
@@ -80,7 +81,13 @@ class SharedState:
         self._share = 1.0 / (workers * settings.hosts)
         self._kept: dict[str, Any] = {}
         # Made now (it connects lazily) so stores built in proxy_configure can hold it; opened by start().
-        self._client: Redis | None = _client(settings, worker) if settings.backend == "redis" else None
+        self._client: Redis | None = None
+        self._pipe: Pipe | None = None
+        if settings.backend == "redis":
+            self._client = _client(settings, worker)
+            assert settings.url is not None
+            self._pipe = Pipe(settings.url.get_secret_value(), connect_timeout=settings.timeouts.connect,
+                              command_timeout=settings.timeouts.command, name=f"floodgate-{worker}-pipe")
         self._started = False
         self._degraded = False
         self._degraded_since = 0.0
@@ -102,6 +109,15 @@ class SharedState:
         if self._client is None:
             raise RuntimeError("no Redis client: state.backend is memory")
         return self._client
+
+    @property
+    def pipe(self) -> Pipe:
+        """The auto-pipelined connection for the stores' script calls on the hot path (see
+        :mod:`.pipe`): what every plugin asks during one turn of the event loop goes out in one
+        write, so a request's admission is one round trip. Other calls use :attr:`redis`."""
+        if self._pipe is None:
+            raise RuntimeError("no Redis pipe: state.backend is memory")
+        return self._pipe
 
     @property
     def degraded(self) -> bool:
@@ -225,6 +241,8 @@ class SharedState:
         if self._client is not None and self._started:
             self._started = False
             await self._client.aclose(close_connection_pool=True)
+        if self._pipe is not None:
+            await self._pipe.close()
 
     # -- degraded mode --------------------------------------------------------------
     async def _check(self, client: Redis) -> None:

@@ -251,3 +251,38 @@ async def test_queued_requests_wait_out_an_outage_under_reject(workers, redis_se
     assert info.value.status == 429 and len(plugin.queue) == 0
     assert not [r for r in caplog.records if r.name == "asyncio"]  # no scan blew up in a callback
     await h.stop()
+
+
+async def test_a_requests_budget_and_rate_limits_share_one_round_trip_at_admission_and_at_finish(workers):
+    """The budget's reservation and the limiter's take go out in one write to Redis (the cost plugin's
+    decision is deferred until the limiter has asked too), and so do their settlements."""
+    state = await workers.state()
+    clock = proxy.ManualClock(wall_start=_noon_today())
+    cost = CostPlugin(clock=clock)
+    h = PluginHarness(cost, RateLimitPlugin(clock=proxy.LoopClock()), clock=clock, state=state,
+                      settings={"cost": {"ledger": {"enabled": False}},
+                                "ratelimit": {"per_key": {"requests_per_second": 100, "tokens_per_minute": 1_000_000}}})
+    await h.start()
+    shop = proxy.Principal("shop", proxy.KeyPolicy(budget={"daily_usd": 5.0}))
+    try:
+        await state.pipe.execute("PING")  # connected (and the scripts loaded by a first request)
+        ctx = h.context(CHAT, principal=shop)
+        await h.admit(ctx)
+        h.attempt(ctx, usage=proxy.Usage(10, 5))
+        await h.finished(ctx)
+        await cost.settled()
+        for _ in range(3):
+            ctx = h.context(CHAT, principal=shop)
+            await h.route(ctx)
+            writes, commands = state.pipe.writes, state.pipe.commands
+            await h.admit(ctx)
+            assert (state.pipe.writes - writes, state.pipe.commands - commands) == (1, 2)
+            assert ctx.response_headers.get("x-ratelimit-remaining-requests") is not None
+            h.attempt(ctx, usage=proxy.Usage(10, 5))
+            writes, commands = state.pipe.writes, state.pipe.commands
+            await h.finished(ctx)
+            await cost.settled()
+            await eventually(lambda: state.pipe.commands - commands >= 2, "the settlements")
+            assert (state.pipe.writes - writes, state.pipe.commands - commands) == (1, 2)
+    finally:
+        await h.stop()
