@@ -8,11 +8,12 @@ returns its awaitable wrapped in :class:`Deferred` instead: the core runs the
 later implementations at once (their calls to Redis go out in the same write as
 its call) and then awaits the deferred decisions in the order the plugins ran.
 
-A refusal — from any implementation, deferred or not — cancels the deferred
-decisions still pending (the plugin gives back what it was granted, as when the
-client leaves) and reaches the client; the first refusal in plugin order wins
-among those that arrived. Returned from any other hook, a :class:`Deferred` is
-simply awaited where it stands.
+The deferred awaitables are awaited in the request's own task (no task each). A
+refusal — from any implementation, deferred or not — abandons the deferred
+decisions not yet awaited: each runs to its first wait and is cancelled there, so
+the plugin gives back what it was granted (as when the client leaves); the first
+refusal in plugin order reaches the client. Returned from any other hook, a
+:class:`Deferred` is simply awaited where it stands.
 """
 
 from __future__ import annotations

@@ -238,23 +238,21 @@ class Hooks:
     async def admit(self, ctx: RequestContext) -> None:
         """Every ``proxy_admit`` in order; a :class:`~proxy.deferred.Deferred` one is awaited after the
         rest have run, so their shared-state calls share a round trip (see :mod:`proxy.deferred`)."""
-        deferred: list[asyncio.Future[Any]] = []
+        deferred: list[Any] = []
         try:
             for impl in self._impls["proxy_admit"]:
                 result = impl.fn(ctx) if impl.ctx_only else impl.fn()
                 if result is None:
                     continue
                 if isinstance(result, Deferred):
-                    deferred.append(asyncio.ensure_future(result.awaitable))
+                    deferred.append(result.awaitable)
                 elif impl.is_async or inspect.isawaitable(result):
                     await result
-            for decision in deferred:
-                await decision
+            while deferred:  # in order, in this task (no task per decision): the first refusal wins
+                await deferred.pop(0)
         except BaseException:
-            if deferred:  # what the pending ones were granted goes back; the done ones settle when finished
-                for decision in deferred:
-                    decision.cancel()
-                await asyncio.gather(*deferred, return_exceptions=True)
+            if deferred:
+                await _abandon(deferred)
             raise
 
     async def predicted_wait(self, ctx: RequestContext, route: Route) -> float | None:
@@ -301,6 +299,16 @@ class Hooks:
 
     async def finished(self, ctx: RequestContext) -> None:
         await self._observe("proxy_finished", {"ctx": ctx})
+
+
+async def _abandon(decisions: list[Any]) -> None:
+    """Deferred decisions not awaited (the request was refused, or its client left): each runs to its
+    first wait (its store's reply, a queue) and is cancelled there, so it gives back what it was granted."""
+    tasks = [asyncio.ensure_future(decision) for decision in decisions]
+    await asyncio.sleep(0)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _merge(into: dict[str, Any], part: dict[str, Any]) -> None:

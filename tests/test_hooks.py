@@ -27,7 +27,7 @@ from proxy import (
     hookspecs,
 )
 from proxy.config import config_from_dict
-from proxy.testing import mock_config
+from proxy.testing import PluginHarness, mock_config
 
 MESSAGES = [{"role": "user", "content": "退款多久到账?"}]
 HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("proxy_"))
@@ -962,3 +962,60 @@ def test_a_plugins_version_comes_from_its_distribution_without_a_scan_for_local_
     # an installed module with no __version__ of its own: its distribution is looked up
     assert _version(typing_extensions.deprecated, distributions) == importlib.metadata.version("typing_extensions")
     assert scans == [1]
+
+
+class _Deciding:
+    """A plugin whose admission is deferred: it waits on ``reply`` (a store's answer)."""
+
+    def __init__(self, name: str, refuse: bool = False) -> None:
+        self.name, self.refuse = name, refuse
+        self.reply: asyncio.Future[None] | None = None
+        self.events: list[str] = []
+
+    @proxy.hookimpl
+    def proxy_admit(self, ctx):
+        self.reply = asyncio.get_running_loop().create_future()  # the call is queued now
+        self.events.append("asked")
+        return proxy.Deferred(self._decide())
+
+    async def _decide(self) -> None:
+        try:
+            await self.reply
+        except asyncio.CancelledError:
+            self.events.append("given back")
+            raise
+        self.events.append("decided")
+        if self.refuse:
+            raise proxy.Rejection(429, f"{self.name} refuses")
+
+
+class _DecidingFirst(_Deciding):
+    @proxy.hookimpl(tryfirst=True)
+    def proxy_admit(self, ctx):
+        return super().proxy_admit(ctx)
+
+
+async def test_deferred_admissions_are_all_asked_before_any_is_awaited_and_the_first_refusal_wins():
+    first, second = _DecidingFirst("first", refuse=True), _Deciding("second")
+    h = PluginHarness(first, second)
+    await h.start()
+    try:
+        ctx = h.context()
+        admitting = asyncio.ensure_future(h.admit(ctx))
+        await asyncio.sleep(0.01)
+        assert first.events == ["asked"] and second.events == ["asked"]  # both asked before either answered
+        second.reply.set_result(None)
+        first.reply.set_result(None)
+        with pytest.raises(proxy.Rejection, match="first refuses"):
+            await admitting
+        assert second.events == ["asked", "decided"]  # it was granted: what it took settles when finished
+
+        ctx = h.context()
+        admitting = asyncio.ensure_future(h.admit(ctx))
+        await asyncio.sleep(0.01)
+        first.reply.set_result(None)  # refused while the second's store has not answered
+        with pytest.raises(proxy.Rejection, match="first refuses"):
+            await admitting
+        assert second.events[-2:] == ["asked", "given back"] and second.reply.cancelled()
+    finally:
+        await h.stop()

@@ -125,26 +125,37 @@ class FleetBudgets:
         assert self.local is not None
         return self.local.reserve_now(key, limits, amount, now)
 
-    def settle(self, key: str, reservation: Reservation | None, cost: float, now: float) -> Awaitable[Figures | None]:
+    def settle(self, key: str, reservation: Reservation | None, cost: float,
+               now: float) -> asyncio.Future[Figures | None]:
         """Release ``reservation`` where it was made and charge ``cost``: in Redis if it answers,
         else locally and later into Redis. Never refuses (it settles a request already answered).
-        The call to Redis is queued now, with what other plugins send for the request's finish."""
+        The call to Redis is queued now, with what other plugins send for the request's finish;
+        the future has the fleet's figures after it (``None``: settled locally)."""
         remote = reservation if reservation is not None and reservation.lease else None
         if reservation is not None and remote is None and self.local is not None:
             self.local.settle_now(key, reservation, 0.0, now)
         if self.state.shared:
-            return self._settle_remote(self.redis.settle(key, remote, cost, now), key, remote, cost, now)
+            result: asyncio.Future[Figures | None] = asyncio.get_running_loop().create_future()
+            self.redis.settle(key, remote, cost, now).add_done_callback(
+                lambda done: self._settled(done, result, key, remote, cost, now))
+            return result
         self._settle_local(key, remote, cost, now)
         return _known(None)
 
-    async def _settle_remote(self, pending: Awaitable[Figures], key: str, reservation: Reservation | None,
-                             cost: float, now: float) -> Figures | None:
-        try:
-            return await pending
-        except self.state.errors as exc:
+    def _settled(self, done: asyncio.Future[Figures], result: asyncio.Future[Figures | None], key: str,
+                 reservation: Reservation | None, cost: float, now: float) -> None:
+        """Redis's answer to a settlement (a callback: no task per request)."""
+        exc = None if done.cancelled() else done.exception()
+        if exc is None and not done.cancelled():
+            result.set_result(done.result())
+            return
+        if exc is not None and not isinstance(exc, self.state.errors):
+            result.set_exception(exc)  # a bug, not an outage: the cost plugin logs it
+            return
+        if exc is not None:
             self.state.failed(exc)
         self._settle_local(key, reservation, cost, now)
-        return None
+        result.set_result(None)
 
     def _settle_local(self, key: str, reservation: Reservation | None, cost: float, now: float) -> None:
         if self.local is not None and cost:

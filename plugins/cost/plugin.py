@@ -53,7 +53,7 @@ class CostPlugin:
         self._chosen = store is None
         self._ledgers = LedgerPool()
         self._holds_ledger = False
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Future[tuple[float, float, float] | None]] = set()
         self.prices: Prices | None = None
         self._default = Limits(None, None)
         self._limits_seen: dict[str, Limits] = {}  # keys with a budget, for the gauges
@@ -270,10 +270,7 @@ class CostPlugin:
         reservation: Reservation | None = ctx.state.pop(_STATE, None)
         if self.shared is not None:
             if reservation is not None or usd:  # in the background: the response is out, the row journaled
-                settling = self._settle_shared(key, self.shared.settle(key, reservation, usd, now))
-                task = asyncio.get_running_loop().create_task(settling)
-                self._settling.add(task)
-                task.add_done_callback(self._settling.discard)
+                self._settle_shared(key, self.shared.settle(key, reservation, usd, now))
             return None
         self.budgets.settle_now(key, reservation, usd, now)
         self._update_gauges(key, ctx.principal.policy, now)
@@ -284,13 +281,21 @@ class CostPlugin:
         while self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
 
-    async def _settle_shared(self, key: str, pending: Awaitable[tuple[float, float, float] | None]) -> None:
-        """The settlement's reply (its call was queued with the request's other finishing calls)."""
-        try:
-            figures = await pending
-        except Exception as exc:  # an observer: fail open (the lease expires; the ledger has the row)
+    def _settle_shared(self, key: str, pending: Awaitable[tuple[float, float, float] | None]) -> None:
+        """Wait in the background for the settlement's reply (its call was queued with the request's
+        other finishing calls); a future is followed by a callback, anything else by a task."""
+        settling = asyncio.ensure_future(pending)
+        self._settling.add(settling)
+        settling.add_done_callback(lambda done: self._settled(key, done))
+
+    def _settled(self, key: str, done: asyncio.Future[tuple[float, float, float] | None]) -> None:
+        self._settling.discard(done)
+        if done.cancelled():
+            return
+        if (exc := done.exception()) is not None:  # an observer: fail open (the lease expires; the ledger has the row)
             log.error("budget store: settling a request of key %r failed (%s)", key, type(exc).__name__)
             return
+        figures = done.result()
         limits = self._limits_seen.get(key)
         if figures is not None and limits is not None:  # the fleet's figures, from the same round trip
             self._gauge(key, limits, *figures)

@@ -27,7 +27,7 @@ import asyncio
 import math
 import os
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as redis
@@ -121,34 +121,38 @@ class _Calls:
     """One script's calls, coalesced per turn of the event loop (:class:`proxy.Coalescer`): each
     item's share of the reply is its slice (every item answers the same number of values)."""
 
-    def __init__(self, script: Any, head: list[Any]) -> None:
+    def __init__(self, script: Any, head: list[Any], pipe: proxy.Pipe | None) -> None:
         self._script = script
         self._head = head  # leading arguments of every call
-        self._items: proxy.Coalescer[_Item] = proxy.Coalescer(self._call, _answer, _fail)
+        self._items: proxy.Coalescer[_Item] = proxy.Coalescer(self._call, _answer, _fail, pipe)
 
-    def call(self, keys: list[str], args: list[Any]) -> asyncio.Future[list[Any]]:
-        """This item's share of the reply (an awaitable)."""
+    def call(self, keys: list[str], args: list[Any],
+             orphaned: Callable[[list[Any]], None] | None = None) -> asyncio.Future[list[Any]]:
+        """This item's share of the reply (a future). ``orphaned`` gets the share if the future
+        was cancelled before the reply came (its caller left: undo what the call did)."""
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._items.add((keys, args, future))
+        self._items.add((keys, args, future, orphaned))
         return future
 
     def _call(self, batch: list[_Item]) -> Awaitable[Any]:
-        return self._script(keys=[k for keys, _, _ in batch for k in keys],
-                            args=[*self._head, *(a for _, args, _ in batch for a in args)])
+        return self._script(keys=[k for item in batch for k in item[0]],
+                            args=[*self._head, *(a for item in batch for a in item[1])])
 
 
-_Item = tuple[list[str], list[Any], "asyncio.Future[list[Any]]"]
+_Item = tuple[list[str], list[Any], "asyncio.Future[list[Any]]", "Callable[[list[Any]], None] | None"]
 
 
 def _answer(batch: list[_Item], reply: Any) -> None:
     width = len(reply) // len(batch)
-    for i, (_, _, future) in enumerate(batch):
+    for i, (_, _, future, orphaned) in enumerate(batch):
         if not future.done():
             future.set_result(reply[i * width:(i + 1) * width])
+        elif orphaned is not None:
+            orphaned(reply[i * width:(i + 1) * width])
 
 
 def _fail(batch: list[_Item], exc: Exception) -> None:
-    for _, _, future in batch:
+    for _, _, future, _ in batch:
         if not future.done():
             future.set_exception(exc)
 
@@ -172,8 +176,9 @@ class RedisBudgetStore:
         scripts = scripts if scripts is not None else redis
         self.prefix = prefix
         self.lease_ttl_ms = int(lease_ttl * 1000)
-        self._reserve = _Calls(scripts.register_script(_RESERVE), [self.lease_ttl_ms])
-        self._settle = _Calls(scripts.register_script(_SETTLE), [])
+        pipe = scripts if isinstance(scripts, proxy.Pipe) else None
+        self._reserve = _Calls(scripts.register_script(_RESERVE), [self.lease_ttl_ms], pipe)
+        self._settle = _Calls(scripts.register_script(_SETTLE), [], pipe)
         #: Per key, the fleet's (day, month, reserved) in US dollars as the last reply said: what a
         #: worker's local share starts from while Redis is unreachable, and the budget gauges.
         self.seen: dict[str, tuple[float, float, float]] = {}
@@ -206,15 +211,17 @@ class RedisBudgetStore:
         names, _, _ = self.keys(key, now)
         lease = os.urandom(8).hex()
         nano = math.ceil(round(amount * _NANO, 3))  # up, but not for float noise (1.23e-4 -> 123000)
-        pending = self._reserve.call(names, [nano, _cap(limits.daily), _cap(limits.monthly), lease])
+        pending = self._reserve.call(names, [nano, _cap(limits.daily), _cap(limits.monthly), lease],
+                                     lambda result: self._give_back(result, key, lease, now))
         return self._verdict(pending, key, limits, lease, nano, now)
 
     async def _verdict(self, pending: asyncio.Future[list[Any]], key: str, limits: Limits, lease: str, nano: int,
                        now: float) -> Verdict:
         try:
-            result = await asyncio.shield(pending)
-        except asyncio.CancelledError:  # its client left: what Redis granted meanwhile goes back
-            pending.add_done_callback(lambda done: self._give_back(done, key, lease, now))
+            result = await pending
+        except asyncio.CancelledError:  # its client left: what Redis granted goes back (if it came
+            if pending.done() and not pending.cancelled():  # meanwhile; later: the orphan callback)
+                self._give_back(pending.result(), key, lease, now)
             raise
         granted, period = int(result[0]), _text(result[1])
         day, month, reserved = int(result[2]) / _NANO, int(result[3]) / _NANO, int(result[4]) / _NANO
@@ -226,9 +233,9 @@ class RedisBudgetStore:
         return Verdict(None, MONTH, limits.monthly or 0.0, month, reserved)
 
     def settle(self, key: str, reservation: Reservation | None, cost: float, now: float, *,
-               once: bool = False) -> Awaitable[tuple[float, float, float]]:
+               once: bool = False) -> asyncio.Future[tuple[float, float, float]]:
         """Release ``reservation`` and charge ``cost``; the key's (day, month, reserved) after it
-        (an awaitable: the call is queued now, with the rest of this turn's).
+        (a future: the call is queued now, with the rest of this turn's).
 
         ``once``: a replay of a settlement whose answer was lost (it may have run): charge only
         if the reservation is still there.
@@ -237,15 +244,14 @@ class RedisBudgetStore:
         pending = self._settle.call(names, [
             reservation.lease if reservation is not None else "", round(cost * _NANO), day_expiry, month_expiry,
             "1" if once else "0"])
-        return self._figures(key, pending)
+        return mapped(pending, lambda result: self._figures(key, result))
 
-    async def _figures(self, key: str, pending: Awaitable[list[Any]]) -> tuple[float, float, float]:
-        result = await pending
+    def _figures(self, key: str, result: list[Any]) -> tuple[float, float, float]:
         figures = self.seen[key] = (int(result[0]) / _NANO, int(result[1]) / _NANO, int(result[2]) / _NANO)
         return figures
 
-    def _give_back(self, done: asyncio.Future[list[Any]], key: str, lease: str, now: float) -> None:
-        if not done.cancelled() and done.exception() is None and int(done.result()[0]):
+    def _give_back(self, result: list[Any], key: str, lease: str, now: float) -> None:
+        if int(result[0]):
             names, day_expiry, month_expiry = self.keys(key, now)
             self._settle.call(names, [lease, 0, day_expiry, month_expiry, "0"]).add_done_callback(_ignore)
 
@@ -263,6 +269,27 @@ class RedisBudgetStore:
                 pipe.set(names[0], round(day * _NANO), nx=True, exat=day_expiry)
                 pipe.set(names[1], round(month * _NANO), nx=True, exat=month_expiry)
             await pipe.execute()
+
+
+def mapped(source: asyncio.Future[Any], fn: Callable[[Any], Any]) -> asyncio.Future[Any]:
+    """A future of ``fn(source's result)`` (or of its error): a callback, not a task."""
+    target: asyncio.Future[Any] = source.get_loop().create_future()
+
+    def done(_: asyncio.Future[Any]) -> None:
+        if target.done():
+            return
+        if source.cancelled():
+            target.cancel()
+        elif (exc := source.exception()) is not None:
+            target.set_exception(exc)
+        else:
+            try:
+                target.set_result(fn(source.result()))
+            except Exception as error:
+                target.set_exception(error)
+
+    source.add_done_callback(done)
+    return target
 
 
 def _ignore(done: asyncio.Future[Any]) -> None:

@@ -16,6 +16,7 @@ calls) stops when the last generation using it shuts down.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 import proxy
@@ -58,30 +59,50 @@ class FleetStore:
         self.state.fallback()
         return self.local.peek(claims, now)
 
-    async def _remote(self, pending: Awaitable[Grant], local: Callable[[Sequence[Claim], float], Grant],
-                      claims: Sequence[Claim], now: float) -> Grant:
+    def _remote(self, pending: asyncio.Future[Grant], local: Callable[[Sequence[Claim], float], Grant],
+                claims: Sequence[Claim], now: float) -> asyncio.Future[Grant]:
         """Redis's answer; if Redis fails, degraded mode (:meth:`proxy.SharedState.failed`) and
-        the local share's answer (or the 503 under ``on_error: reject``)."""
-        state = self.state
-        try:
-            return await pending
-        except state.errors as exc:
-            state.failed(exc)
-        state.fallback()
-        return local(claims, now)._replace(lease=LOCAL_LEASE)
+        the local share's answer (or the 503 under ``on_error: reject``). A callback, not a task;
+        cancelling the answer cancels the call (the store gives back what it granted)."""
+        answer: asyncio.Future[Grant] = pending.get_loop().create_future()
+
+        def answered(done: asyncio.Future[Grant]) -> None:
+            if answer.done():
+                return
+            if done.cancelled():
+                answer.cancel()
+                return
+            exc = done.exception()
+            if exc is None:
+                answer.set_result(done.result())
+                return
+            if not isinstance(exc, self.state.errors):
+                answer.set_exception(exc)
+                return
+            self.state.failed(exc)
+            try:
+                self.state.fallback()
+                answer.set_result(local(claims, now)._replace(lease=LOCAL_LEASE))
+            except Exception as refusal:  # the 503 of on_error: reject
+                answer.set_exception(refusal)
+
+        pending.add_done_callback(answered)
+        answer.add_done_callback(lambda done: pending.cancel() if done.cancelled() else None)
+        return answer
 
     def settle(self, returns: Sequence[Return], lease: str, now: float) -> Awaitable[None] | None:
         if lease == LOCAL_LEASE:
             self.local.settle(returns, lease, now)
             return None
         settled = self.redis.settle(returns, lease, now)
-        return None if settled is None else self._settled(settled)
+        if settled is not None:
+            settled.add_done_callback(self._settled)
+        return settled
 
-    async def _settled(self, pending: Awaitable[None]) -> None:
-        try:
-            await pending
-        except self.state.errors as exc:  # its slots lapse with their lease; unused tokens stay taken
-            self.state.failed(exc)
+    def _settled(self, done: asyncio.Future[None]) -> None:
+        exc = None if done.cancelled() else done.exception()
+        if exc is not None and isinstance(exc, self.state.errors):  # its slots lapse with their lease;
+            self.state.failed(exc)                                   # unused tokens stay taken
 
     def lower(self, caps: Sequence[Return], now: float) -> Awaitable[None] | None:
         """What a provider says is left: applied where the fleet's buckets are now."""
@@ -89,7 +110,13 @@ class FleetStore:
             self.local.lower(caps, now)
             return None
         lowered = self.redis.lower(caps, now)
-        return None if lowered is None else self._settled(lowered)
+        return None if lowered is None else self._lowered(lowered)
+
+    async def _lowered(self, pending: Awaitable[None]) -> None:
+        try:
+            await pending
+        except self.state.errors as exc:
+            self.state.failed(exc)
 
     def close(self) -> None:
         return None  # the Redis store is closed by KeptStores, when no generation uses it

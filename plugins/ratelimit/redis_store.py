@@ -105,10 +105,11 @@ class RedisBucketStore:
         self._lower = redis.register_script(LOWER)
         worker = os.urandom(6).hex()  # lease ids are unique across the fleet without coordination
         self._lease_ids = (f"{worker}:{n}" for n in itertools.count(1))
+        pipe = redis if isinstance(redis, proxy.Pipe) else None
         self._asks: proxy.Coalescer[_Ask] = proxy.Coalescer(self._call_asks, self._answer_asks,
-                                                            self._asks_failed)
+                                                            self._asks_failed, pipe)
         self._gives: proxy.Coalescer[_Give] = proxy.Coalescer(self._call_gives, self._answer_gives,
-                                                             self._gives_failed)
+                                                             self._gives_failed, pipe)
         self._live: dict[str, list[str]] = {}  # lease id -> the lease sets it holds a slot in
         self._encoded: dict[str, tuple[float, float, str, str]] = {}  # bucket -> rate, burst, key, "rate burst "
         self._renewer: asyncio.Task[None] | None = None

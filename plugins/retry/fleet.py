@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
+from collections.abc import Awaitable
 from typing import Any
 
 import proxy
@@ -119,6 +121,9 @@ class FleetBreaker(Breaker):
             fleet.claim_at(self, None)
 
 
+_Outcome = tuple[FleetBreaker, bool, bool]  # a breaker, whether the attempt failed, whether it was the probe
+
+
 class FleetBreakers:
     """Every breaker of one application (kept across reloads), and their link to Redis."""
 
@@ -132,16 +137,21 @@ class FleetBreakers:
         self._prefix = state.key("breaker") + ":"
         self._args: tuple[Any, ...] = ()
         self._hold_ms = self._lease_ms = self._ttl_ms = 0
-        if self.redis is not None:  # the scripts on the pipe: they share the requests' round trips
-            pipe = state.pipe
+        pipe = state.pipe if self.redis is not None else None
+        if pipe is not None:  # the scripts on the pipe: they share the requests' round trips
             self._record = pipe.register_script(RECORD_MANY)
             self._claim = pipe.register_script(CLAIM)
             self._use = pipe.register_script(USE)
             self._release = pipe.register_script(RELEASE)
             self._read = pipe.register_script(READ)
-        self._outcomes: list[tuple[FleetBreaker, bool, bool]] = []
-        self._unread: list[FleetBreaker] = []
-        self._sending: asyncio.Task[None] | None = None
+        # Outcomes to record and breakers to read, gathered per write of the pipe (its calls' replies
+        # come back in order: so do the message counts each call saw when it left).
+        self._records: proxy.Coalescer[_Outcome] = proxy.Coalescer(
+            self._call_records, self._answer_records, lambda _, exc: self._failed(self._heard_records, exc), pipe)
+        self._reads: proxy.Coalescer[FleetBreaker] = proxy.Coalescer(
+            self._call_reads, self._answer_reads, lambda _, exc: self._failed(self._heard_reads, exc), pipe)
+        self._heard_records: deque[list[int]] = deque()
+        self._heard_reads: deque[list[int]] = deque()
         self._listener: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._users = 0
@@ -166,49 +176,44 @@ class FleetBreakers:
             return Breaker(model, settings, metrics, label)
         breaker = FleetBreaker(model, settings, metrics, label, self)
         if self.live:
-            self._unread.append(breaker)
-            self._kick()
+            self._reads.add(breaker)
         return breaker
 
     # -- calls (in the background: the request never waits for them) --------------------
     def record(self, breaker: FleetBreaker, failed: bool, probe: bool) -> None:
-        self._outcomes.append((breaker, failed, probe))
-        self._kick()
+        self._records.add((breaker, failed, probe))
 
-    def _kick(self) -> None:
-        if self._sending is None:
-            self._sending = asyncio.get_running_loop().create_task(self._send())
+    def _call_records(self, outcomes: list[_Outcome]) -> Awaitable[Any]:
+        """Outcomes, one script call for all gathered (on the pipe: with the requests' calls)."""
+        args: list[Any] = [*self._args]
+        for breaker, failed, probe in outcomes:
+            args += (breaker.model, int(failed), int(probe))
+        self._heard_records.append([b.heard for b, _, _ in outcomes])  # replies come back in this order
+        return self._record(keys=[self._key(b) for b, _, _ in outcomes], args=args)
 
-    async def _send(self) -> None:
-        """Outcomes (one script call for all that are waiting), and breakers to read, until none wait."""
-        assert self.redis is not None
-        try:
-            while self._outcomes or self._unread:
-                outcomes, self._outcomes = self._outcomes, []
-                unread, self._unread = self._unread, []
-                if outcomes:
-                    args: list[Any] = [*self._args]
-                    for breaker, failed, probe in outcomes:
-                        args += (breaker.model, int(failed), int(probe))
-                    heard = [b.heard for b, _, _ in outcomes]
-                    reply = await self._record(keys=[self._key(b) for b, _, _ in outcomes], args=args)
-                    for i, (breaker, _, _) in enumerate(outcomes):
-                        state, left, changed = reply[3 * i: 3 * i + 3]
-                        self._apply(breaker, heard[i], int(state), int(left) / 1000, None, bool(int(changed)))
-                if unread:
-                    await self._refresh(unread)
-        except self.state.errors as exc:  # degraded: the breakers decide locally meanwhile
-            self.state.failed(exc)
-            self._outcomes.clear()
-        finally:
-            self._sending = None
+    def _answer_records(self, outcomes: list[_Outcome], reply: Any) -> None:
+        heard = self._heard_records.popleft()
+        for i, (breaker, _, _) in enumerate(outcomes):
+            state, left, changed = reply[3 * i: 3 * i + 3]
+            self._apply(breaker, heard[i], int(state), int(left) / 1000, None, bool(int(changed)))
 
-    async def _refresh(self, breakers: list[FleetBreaker]) -> None:
-        heard = [b.heard for b in breakers]
-        reply = await self._read(keys=[self._key(b) for b in breakers])
+    def _call_reads(self, breakers: list[FleetBreaker]) -> Awaitable[Any]:
+        self._heard_reads.append([b.heard for b in breakers])
+        return self._read(keys=[self._key(b) for b in breakers])
+
+    def _answer_reads(self, breakers: list[FleetBreaker], reply: Any) -> None:
+        heard = self._heard_reads.popleft()
         for i, breaker in enumerate(breakers):
             state, left, holder = reply[3 * i: 3 * i + 3]
             self._apply(breaker, heard[i], int(state), int(left) / 1000, _text(holder))
+
+    def _failed(self, heard: deque[list[int]], exc: Exception) -> None:
+        """A call failed: degraded, the breakers decide locally meanwhile (the outcomes are dropped)."""
+        heard.popleft()
+        if isinstance(exc, self.state.errors):
+            self.state.failed(exc)
+        else:
+            log.error("circuit breakers: a call to Redis failed: %r", exc)
 
     def _apply(self, breaker: FleetBreaker, heard: int, state: int, left: float, holder: str | None,
                changed: bool = False) -> None:
@@ -222,8 +227,7 @@ class FleetBreakers:
                 breaker.metrics.transitions(breaker.label, _STATE_NAMES[state]).inc()
             log.log(logging.WARNING if state == OPEN else logging.INFO, "circuit breaker of %s is now %s",
                     breaker.model, _STATE_NAMES[state])
-        self._unread.append(breaker)
-        self._kick()
+        self._reads.add(breaker)
 
     def claim(self, breaker: FleetBreaker) -> None:
         if not breaker.claiming and self.live:
@@ -283,8 +287,10 @@ class FleetBreakers:
         self._users -= 1
         if self._users > 0:
             return
-        tasks = [t for t in (self._listener, self._sending, *self._background) if t is not None]
+        tasks = [t for t in (self._listener, *self._background) if t is not None]
         self._listener = None
+        await self._records.close()  # what was gathered and not sent is dropped: nobody waits for it
+        await self._reads.close()
         for breaker in self.breakers.values():
             if isinstance(breaker, FleetBreaker):
                 self.claim_at(breaker, None)
@@ -302,9 +308,9 @@ class FleetBreakers:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
-                mirrors = [b for b in self.breakers.values() if isinstance(b, FleetBreaker)]
-                if mirrors:
-                    await self._refresh(mirrors)
+                for breaker in self.breakers.values():  # read again (on the pipe: no wait here)
+                    if isinstance(breaker, FleetBreaker):
+                        self._reads.add(breaker)
                 while self.state.shared:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:

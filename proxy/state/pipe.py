@@ -28,6 +28,7 @@ import hashlib
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
@@ -74,6 +75,8 @@ class Pipe:
         self._outbox: list[bytes] = []  # packed, to go out in this turn's write
         self._queued: list[_Call] = []
         self._flush: asyncio.Handle | None = None
+        self._flushers: list[Callable[[], None]] = []
+        self._writing = False
         self._connecting: asyncio.Task[None] | None = None
         self._closed = False
         #: Writes and commands sent so far (a round trip carries one write).
@@ -98,15 +101,38 @@ class Pipe:
             return future
         self._queued.append((future, args, script))
         self._outbox.append(hiredis.pack_command(args))
-        if self._flush is None:
+        if self._flush is None and not self._writing:
             self._flush = loop.call_soon(self._write)
         return future
 
+    def before_write(self, flush: Callable[[], None]) -> None:
+        """Call ``flush`` just before the next write (it sends what it gathered: a
+        :class:`~.coalesce.Coalescer`'s items, as late as can be, so as many as can be)."""
+        self._flushers.append(flush)
+        if self._flush is None and not self._writing:
+            self._flush = asyncio.get_running_loop().call_soon(self._write)
+
+    def _kick(self) -> None:
+        if self._flush is None and not self._writing and (self._queued or self._flushers):
+            self._flush = asyncio.get_running_loop().call_soon(self._write)
+
     def _write(self) -> None:
+        """End of a turn (or the replies of the write on its way are in): write what is queued,
+        unless a write is still on its way — then the next goes when its replies are in."""
         self._flush = None
+        link = self._link
+        if link is not None and link.busy:
+            return  # link.idle() calls again
+        if self._flushers:
+            flushers, self._flushers = self._flushers, []
+            self._writing = True
+            try:
+                for flush in flushers:
+                    flush()
+            finally:
+                self._writing = False
         if not self._queued:
             return
-        link = self._link
         if link is None or link.lost:
             if self._connecting is None:
                 self._connecting = asyncio.get_running_loop().create_task(self._connect())
@@ -137,7 +163,7 @@ class Pipe:
             link.close()
             return
         self._link = link
-        if self._queued and self._flush is None:
+        if (self._queued or self._flushers) and self._flush is None:
             self._write()
 
     async def _open(self) -> _Link:
@@ -180,6 +206,9 @@ class Pipe:
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
+        flushers, self._flushers = self._flushers, []
+        for flush in flushers:  # what they gathered fails now (sent on a closed pipe), rather than never
+            flush()
         connecting, self._connecting = self._connecting, None
         if connecting is not None:
             connecting.cancel()
@@ -216,6 +245,12 @@ class _Link(asyncio.Protocol):
         self._waiting.extend(calls)
         self._transport.write(data)
 
+    @property
+    def busy(self) -> bool:
+        """Whether the last write's replies are still on their way (the next write waits for them:
+        one write in flight gathers the most calls per write and read, for the gateway and Redis)."""
+        return bool(self._waiting) and not self.lost
+
     def data_received(self, data: bytes) -> None:
         reader = self._reader
         reader.feed(data)
@@ -233,6 +268,8 @@ class _Link(asyncio.Protocol):
                     future.set_exception(ResponseError(str(reply)))
             elif not future.done():
                 future.set_result(reply)
+        if not waiting and not self.lost and self.pipe._link is self:
+            self.pipe._write()  # what was queued meanwhile goes now
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._drop(ConnectionError(f"Redis closed the connection{f': {exc}' if exc else ''}"))
@@ -260,6 +297,8 @@ class _Link(asyncio.Protocol):
         _fail(waiting, error)
         if self._transport is not None:
             self._transport.abort()
+        if self.pipe._link is self:
+            self.pipe._kick()  # what was held for this link's replies goes on a new one
 
     def close(self) -> None:
         self._drop(ConnectionError("the Redis pipe is closed"))

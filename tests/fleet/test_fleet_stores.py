@@ -282,7 +282,7 @@ async def test_a_requests_budget_and_rate_limits_share_one_round_trip_at_admissi
             writes, commands = state.pipe.writes, state.pipe.commands
             await h.finished(ctx)
             await cost.settled()
-            await eventually(lambda: state.pipe.commands - commands >= 2, "the settlements")
+            await eventually(lambda before=commands: state.pipe.commands - before >= 2, "the settlements")
             assert (state.pipe.writes - writes, state.pipe.commands - commands) == (1, 2)
     finally:
         await h.stop()

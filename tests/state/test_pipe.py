@@ -49,20 +49,21 @@ async def test_the_commands_of_one_turn_share_one_write_and_replies_keep_their_o
     assert [int(reply[1]) for reply in replies[4:]] == list(range(200))
 
 
-async def test_a_later_turn_does_not_wait_for_the_replies_of_an_earlier_one(pipe, prefix):
-    """A slow script on its way does not hold the next turn's write back (pipelining, not one at a time)."""
+async def test_calls_made_while_a_write_is_on_its_way_gather_into_the_next_one(pipe, prefix):
+    """One write in flight: what later turns ask waits for its replies, then goes out in one write."""
     await pipe.execute("PING")
     slow = pipe.script("local t = redis.call('TIME'); local u = t[1] * 1e6 + t[2] "
                        "repeat local n = redis.call('TIME') until n[1] * 1e6 + n[2] - u > 100000 return 1")
     await pipe.execute("SCRIPT", "LOAD", slow.body)  # no NOSCRIPT round: one write for the call
-    first = slow([f"{prefix}:s"], [])
-    await asyncio.sleep(0)  # the first write goes out
-    await asyncio.sleep(0)
     writes = pipe.writes
-    second = pipe.execute("PING")
-    await asyncio.sleep(0.01)
-    assert pipe.writes == writes + 1 and not first.done()  # written while the first is still running
-    assert await first == 1 and await second == b"PONG"
+    first = slow([f"{prefix}:s"], [])
+    later = []
+    for _ in range(3):  # three turns while the script runs
+        await asyncio.sleep(0.005)
+        later.append(pipe.execute("PING"))
+    assert pipe.writes == writes + 1 and not first.done()
+    assert await first == 1 and await asyncio.gather(*later) == [b"PONG"] * 3
+    assert pipe.writes == writes + 2
 
 
 async def test_a_script_redis_forgot_is_sent_again_with_its_body(pipe, prefix):
