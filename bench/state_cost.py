@@ -27,20 +27,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import orjson  # noqa: E402
-import redis  # noqa: E402
+import orjson
+import redis
 
-import proxy  # noqa: E402
-from bench import configs  # noqa: E402
-from bench.fleet import REDIS_URL  # noqa: E402
-from plugins.auth import AuthPlugin  # noqa: E402
-from plugins.cost import CostPlugin  # noqa: E402
-from plugins.faq import FaqPlugin  # noqa: E402
-from plugins.ratelimit import RateLimitPlugin  # noqa: E402
-from plugins.retry import RetryPlugin  # noqa: E402
-from plugins.router import RouterPlugin  # noqa: E402
-from proxy.config.schema import StateSettings  # noqa: E402
-from proxy.testing import PluginHarness  # noqa: E402
+import proxy
+from bench import configs
+from bench.fleet import REDIS_URL
+from plugins.auth import AuthPlugin
+from plugins.cost import CostPlugin
+from plugins.faq import FaqPlugin
+from plugins.ratelimit import RateLimitPlugin
+from plugins.retry import RetryPlugin
+from plugins.router import RouterPlugin
+from proxy.config.schema import StateSettings
+from proxy.testing import PluginHarness
 
 
 def chain_config(backend: str, prefix: str) -> dict[str, Any]:

@@ -325,7 +325,8 @@ class StateTimeouts(Settings):
     connect: PositiveFloat = 1.0
     """Seconds to connect to Redis; longer counts as a failure."""
     command: PositiveFloat = 0.5
-    """Seconds for one Redis command; longer counts as a failure."""
+    """Seconds for one Redis command (on the pipelined connection: the longest Redis may stay
+    silent while replies are due); longer counts as a failure."""
 
 
 class StateSettings(Settings):
@@ -347,7 +348,9 @@ class StateSettings(Settings):
     """Gateway hosts sharing this Redis: while it is unreachable each worker enforces
     limit ÷ (`hosts` × workers), so the fleet together stays within each limit."""
     pool_size: PositiveInt = 64
-    """Redis connections per worker process."""
+    """Pooled Redis connections per worker process, for calls off the hot path (health checks,
+    the breakers' channel, budget look-ups); the stores' scripts go on one more connection per
+    worker, pipelined (`state.pipe`)."""
     timeouts: StateTimeouts = StateTimeouts()
     """Seconds; a Redis call that takes longer counts as a failure (degraded mode)."""
     check_interval: PositiveFloat = 2.0

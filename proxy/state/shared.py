@@ -2,10 +2,11 @@
 
 It outlives configuration reloads. With ``state.backend: redis`` it owns the
 redis-py asyncio client (a bounded connection pool, opened when the application
-starts, closed when it stops); with ``memory`` there is no client and the stores
-keep their state in this process. Either way stores keep their in-process
-objects (buckets, breakers, the local fallback) with :meth:`SharedState.keep`,
-so a reload finds them again by name.
+starts, closed when it stops) and the :class:`~.pipe.Pipe` the stores' scripts
+run on (one pipelined connection, opened by the first call); with ``memory`` there
+is no client and the stores keep their state in this process. Either way stores
+keep their in-process objects (buckets, breakers, the local fallback) with
+:meth:`SharedState.keep`, so a reload finds them again by name.
 
 Degraded mode: a store that cannot reach Redis reports :meth:`SharedState.failed`
 (and so does the health check that runs every ``state.check_interval`` seconds,
