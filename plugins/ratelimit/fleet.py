@@ -59,36 +59,18 @@ class FleetStore:
         self.state.fallback()
         return self.local.peek(claims, now)
 
-    def _remote(self, pending: asyncio.Future[Grant], local: Callable[[Sequence[Claim], float], Grant],
-                claims: Sequence[Claim], now: float) -> asyncio.Future[Grant]:
+    async def _remote(self, pending: Awaitable[Grant], local: Callable[[Sequence[Claim], float], Grant],
+                      claims: Sequence[Claim], now: float) -> Grant:
         """Redis's answer; if Redis fails, degraded mode (:meth:`proxy.SharedState.failed`) and
-        the local share's answer (or the 503 under ``on_error: reject``). A callback, not a task;
-        cancelling the answer cancels the call (the store gives back what it granted)."""
-        answer: asyncio.Future[Grant] = pending.get_loop().create_future()
-
-        def answered(done: asyncio.Future[Grant]) -> None:
-            if answer.done():
-                return
-            if done.cancelled():
-                answer.cancel()
-                return
-            exc = done.exception()
-            if exc is None:
-                answer.set_result(done.result())
-                return
-            if not isinstance(exc, self.state.errors):
-                answer.set_exception(exc)
-                return
-            self.state.failed(exc)
-            try:
-                self.state.fallback()
-                answer.set_result(local(claims, now)._replace(lease=LOCAL_LEASE))
-            except Exception as refusal:  # the 503 of on_error: reject
-                answer.set_exception(refusal)
-
-        pending.add_done_callback(answered)
-        answer.add_done_callback(lambda done: pending.cancel() if done.cancelled() else None)
-        return answer
+        the local share's answer (or the 503 under ``on_error: reject``). Awaited in the request's
+        task (no future in between: one wake-up when the reply comes)."""
+        state = self.state
+        try:
+            return await pending
+        except state.errors as exc:
+            state.failed(exc)
+        state.fallback()
+        return local(claims, now)._replace(lease=LOCAL_LEASE)
 
     def settle(self, returns: Sequence[Return], lease: str, now: float) -> Awaitable[None] | None:
         if lease == LOCAL_LEASE:
