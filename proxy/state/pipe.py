@@ -79,13 +79,30 @@ class Pipe:
         self._writing = False
         self._connecting: asyncio.Task[None] | None = None
         self._closed = False
+        self._scripts: set[str] = set()
+        self._failure = ""
         #: Writes and commands sent so far (a round trip carries one write).
         self.writes = 0
         self.commands = 0
 
     # -- calls ---------------------------------------------------------------------------
     def script(self, body: str) -> PipeScript:
+        """A script run by SHA; loaded into Redis whenever the pipe connects (no ``NOSCRIPT``
+        round for the first calls after a start or a reconnection)."""
+        self._scripts.add(body)
         return PipeScript(self, body)
+
+    async def connect(self) -> None:
+        """Connect now rather than on the first call (at start-up: the first request does not wait
+        for it). Raises what connecting raised; calls made meanwhile wait for it."""
+        if self._link is not None and not self._link.lost:
+            return
+        if self._connecting is None:
+            self._connecting = asyncio.get_running_loop().create_task(self._connect())
+        connecting = self._connecting
+        await asyncio.shield(connecting)
+        if self._link is None or self._link.lost:
+            raise ConnectionError(self._failure or "could not connect to Redis")
 
     register_script = script  # the name redis-py's client gives it: stores take either
 
@@ -154,6 +171,7 @@ class Pipe:
             link = await asyncio.wait_for(self._open(), self.connect_timeout)
         except Exception as exc:  # refused, timed out (an OSError), AUTH or SELECT refused; no call may hang
             error = exc if isinstance(exc, OSError) else ConnectionError(f"Redis refused the connection: {exc}")
+            self._failure = f"{type(error).__name__}: {error}"
             queued, self._queued, self._outbox = self._queued, [], []
             _fail(queued, error)
             return
@@ -190,6 +208,7 @@ class Pipe:
             handshake.append(("SELECT", options["db"]))
         if self.name:
             handshake.append(("CLIENT", "SETNAME", self.name))
+        handshake += [("SCRIPT", "LOAD", body) for body in sorted(self._scripts)]
         calls: list[_Call] = [(loop.create_future(), args, None) for args in handshake]
         if calls:
             link.write(b"".join(hiredis.pack_command(args) for args in handshake), calls)

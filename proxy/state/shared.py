@@ -227,6 +227,8 @@ class SharedState:
         self._started = True
         try:
             await self._client.ping()
+            if self._pipe is not None:
+                await self._pipe.connect()  # and load the stores' scripts: the first requests wait for neither
         except STATE_ERRORS as exc:
             self.failed(exc)
         else:

@@ -194,3 +194,31 @@ async def test_a_coalescer_fails_every_item_of_a_call_that_failed():
     coalescer.add(2)
     await asyncio.sleep(0.01)
     assert failed == [([1, 2], "down")]
+
+
+async def test_connecting_loads_the_scripts_so_their_first_call_is_one_write(prefix):
+    admin = redis.asyncio.Redis.from_url(REDIS_URL)
+    pipe = Pipe(REDIS_URL)
+    try:
+        echo = pipe.script(ECHO + " -- " + prefix)  # a body Redis cannot know yet
+        await admin.script_flush()
+        await pipe.connect()
+        assert await admin.script_exists(echo.sha) == [True]
+        writes = pipe.writes
+        assert await echo([f"{prefix}:a"], ["1"]) == [f"{prefix}:a".encode(), b"1"]
+        assert pipe.writes == writes + 1  # no NOSCRIPT, no EVAL again
+    finally:
+        await pipe.close()
+        await admin.aclose()
+
+
+async def test_connect_raises_when_redis_cannot_be_reached():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    pipe = Pipe(f"redis://127.0.0.1:{port}/0", connect_timeout=0.5)
+    try:
+        with pytest.raises(ConnectionError, match="ConnectionRefusedError"):
+            await pipe.connect()
+    finally:
+        await pipe.close()
