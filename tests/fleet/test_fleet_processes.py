@@ -47,7 +47,7 @@ async def prefix() -> AsyncIterator[str]:
     name = f"fg-e2e-{uuid.uuid4().hex[:10]}"
     yield name
     client = redis.asyncio.Redis.from_url(REDIS_URL)
-    keys = [k async for k in client.scan_iter(match=f"{name}:*")]
+    keys = [k async for k in client.scan_iter(match=f"{name}*")]  # and the prefixes made from it ("-one")
     if keys:
         await client.delete(*keys)
     await client.aclose()
