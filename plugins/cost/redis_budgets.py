@@ -244,7 +244,7 @@ class RedisBudgetStore:
         pending = self._settle.call(names, [
             reservation.lease if reservation is not None else "", round(cost * _NANO), day_expiry, month_expiry,
             "1" if once else "0"])
-        return mapped(pending, lambda result: self._figures(key, result))
+        return proxy.mapped(pending, lambda result: self._figures(key, result))
 
     def _figures(self, key: str, result: list[Any]) -> tuple[float, float, float]:
         figures = self.seen[key] = (int(result[0]) / _NANO, int(result[1]) / _NANO, int(result[2]) / _NANO)
@@ -269,27 +269,6 @@ class RedisBudgetStore:
                 pipe.set(names[0], round(day * _NANO), nx=True, exat=day_expiry)
                 pipe.set(names[1], round(month * _NANO), nx=True, exat=month_expiry)
             await pipe.execute()
-
-
-def mapped(source: asyncio.Future[Any], fn: Callable[[Any], Any]) -> asyncio.Future[Any]:
-    """A future of ``fn(source's result)`` (or of its error): a callback, not a task."""
-    target: asyncio.Future[Any] = source.get_loop().create_future()
-
-    def done(_: asyncio.Future[Any]) -> None:
-        if target.done():
-            return
-        if source.cancelled():
-            target.cancel()
-        elif (exc := source.exception()) is not None:
-            target.set_exception(exc)
-        else:
-            try:
-                target.set_result(fn(source.result()))
-            except Exception as error:
-                target.set_exception(error)
-
-    source.add_done_callback(done)
-    return target
 
 
 def _ignore(done: asyncio.Future[Any]) -> None:

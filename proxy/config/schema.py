@@ -325,8 +325,7 @@ class StateTimeouts(Settings):
     connect: PositiveFloat = 1.0
     """Seconds to connect to Redis; longer counts as a failure."""
     command: PositiveFloat = 0.5
-    """Seconds for one Redis command (on the pipelined connection: the longest Redis may stay
-    silent while replies are due); longer counts as a failure."""
+    """Seconds for one Redis command (pipelined: Redis silent while replies are due); longer fails."""
 
 
 class StateSettings(Settings):
@@ -348,9 +347,8 @@ class StateSettings(Settings):
     """Gateway hosts sharing this Redis: while it is unreachable each worker enforces
     limit ÷ (`hosts` × workers), so the fleet together stays within each limit."""
     pool_size: PositiveInt = 64
-    """Pooled Redis connections per worker process, for calls off the hot path (health checks,
-    the breakers' channel, budget look-ups); the stores' scripts go on one more connection per
-    worker, pipelined (`state.pipe`)."""
+    """Pooled Redis connections per worker, for calls off the hot path; the stores' scripts use
+    one more, pipelined (`state.pipe`)."""
     timeouts: StateTimeouts = StateTimeouts()
     """Seconds; a Redis call that takes longer counts as a failure (degraded mode)."""
     check_interval: PositiveFloat = 2.0

@@ -35,6 +35,8 @@ import hiredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.exceptions import ResponseError
 
+from .futures import relay
+
 __all__ = ["Pipe", "PipeScript"]
 
 _Args = tuple[Any, ...]
@@ -162,8 +164,7 @@ class Pipe:
 
     def _again(self, future: asyncio.Future[Any], args: _Args, script: str) -> None:
         """A script Redis no longer knows: the same call with its body (which loads it)."""
-        evaluated = self.send(("EVAL", script, *args[2:]))
-        evaluated.add_done_callback(lambda done: _copy(done, future))
+        relay(self.send(("EVAL", script, *args[2:])), future)
 
     # -- the connection --------------------------------------------------------------------
     async def _connect(self) -> None:
@@ -327,14 +328,3 @@ def _fail(calls: list[_Call], error: BaseException) -> None:
     for future, _, _ in calls:
         if not future.done():
             future.set_exception(error)
-
-
-def _copy(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
-    if target.done():
-        return
-    if source.cancelled():
-        target.cancel()
-    elif (exc := source.exception()) is not None:
-        target.set_exception(exc)
-    else:
-        target.set_result(source.result())

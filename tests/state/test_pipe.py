@@ -11,7 +11,9 @@ import pytest
 import redis.asyncio
 from redis.exceptions import ResponseError
 
+import proxy
 from proxy import Coalescer, Pipe
+from proxy.state import relay
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 ECHO = "return {KEYS[1], ARGV[1]}"
@@ -222,3 +224,20 @@ async def test_connect_raises_when_redis_cannot_be_reached():
             await pipe.connect()
     finally:
         await pipe.close()
+
+
+async def test_mapped_and_relay_pass_on_a_result_an_error_or_a_cancellation():
+    loop = asyncio.get_running_loop()
+    source, failing, dropped = loop.create_future(), loop.create_future(), loop.create_future()
+    doubled = proxy.mapped(source, lambda n: n * 2)
+    broken = proxy.mapped(failing, lambda n: 1 / n)
+    target = loop.create_future()
+    relay(dropped, target)
+    source.set_result(21)
+    failing.set_result(0)
+    dropped.cancel()
+    assert await doubled == 42
+    with pytest.raises(ZeroDivisionError):
+        await broken
+    await asyncio.sleep(0)
+    assert target.cancelled()
