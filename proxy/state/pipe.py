@@ -141,7 +141,7 @@ class Pipe:
         self._flush = None
         link = self._link
         if link is not None and link.busy:
-            return  # link.idle() calls again
+            return  # called again when its replies are in (_Link.data_received)
         if self._flushers:
             flushers, self._flushers = self._flushers, []
             self._writing = True
