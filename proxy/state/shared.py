@@ -43,7 +43,6 @@ from redis.exceptions import RedisError
 
 from ..config.schema import StateSettings
 from ..errors import Rejection, shorten
-from .packing import packed_class
 from .pipe import Pipe
 
 __all__ = ["STATE_ERRORS", "SharedState"]
@@ -288,5 +287,4 @@ def _client(settings: StateSettings, worker: int) -> Redis:
         settings.url.get_secret_value(), max_connections=settings.pool_size, timeout=settings.timeouts.command,
         socket_connect_timeout=settings.timeouts.connect, socket_timeout=settings.timeouts.command, retry=retry,
         client_name=f"floodgate-{worker}")
-    pool.connection_class = packed_class(pool.connection_class)  # the stores' batches: see .packing
     return Redis(connection_pool=pool, retry=retry)

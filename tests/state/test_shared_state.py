@@ -12,7 +12,6 @@ from prometheus_client import CollectorRegistry
 from proxy import ConfigErrors, Rejection, SharedState
 from proxy.config import config_from_dict
 from proxy.config.schema import StateSettings
-from proxy.state.packing import PackedConnection
 from proxy.testing import mock_config
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -141,14 +140,13 @@ def test_a_reload_may_change_on_error_only():
     assert state.on_error == "reject" and state.key("x") == "floodgate:x"
 
 
-async def test_the_state_client_sends_packed_batches_to_redis(prefix):
+async def test_the_states_pipe_sends_large_batches_to_redis(prefix):
     state = redis_state(prefix)
     await state.start()
     try:
-        assert state.redis.connection_pool.connection_class is PackedConnection
         keys = [state.key(f"k{i}") for i in range(200)]
-        script = state.redis.register_script("for i, k in ipairs(KEYS) do redis.call('SET', k, ARGV[i], 'PX', 5000) "
-                                             "end return #KEYS")
+        script = state.pipe.script("for i, k in ipairs(KEYS) do redis.call('SET', k, ARGV[i], 'PX', 5000) "
+                                   "end return #KEYS")
         assert await script(keys=keys, args=[f"v {i} 中" for i in range(200)]) == 200
         assert await state.redis.get(keys[199]) == "v 199 中".encode()
     finally:
