@@ -6,7 +6,8 @@ Each request is authenticated, short-circuit-checked, routed, admitted, tried on
 and finished, as the gateway does it; ``--concurrency`` requests are in flight at a time. The
 Redis rounds do their real I/O to the machine's Redis on the pipe in this process, so their CPU
 per request is everything Redis state costs the gateway: the stores, the pipe, its socket calls.
-The ledger is off in both (its journal is the same work either way). ::
+The ledger is off in both (its journal is the same work either way). The garbage collector is
+tuned as the gateway tunes it once it listens (:func:`proxy.server.run.tune_gc`). ::
 
     python bench/state_cost.py                     # 6 rounds x 6,000 requests, concurrency 64
     python bench/state_cost.py --concurrency 1     # one request at a time (no batching)
@@ -40,6 +41,7 @@ from plugins.ratelimit import RateLimitPlugin
 from plugins.retry import RetryPlugin
 from plugins.router import RouterPlugin
 from proxy.config.schema import StateSettings
+from proxy.server.run import tune_gc
 from proxy.testing import PluginHarness
 
 
@@ -78,7 +80,8 @@ async def one_round(backend: str, prefix: str, requests: int, concurrency: int) 
     await asyncio.gather(*(client(20) for _ in range(concurrency)))  # warm-up: connections, caches, scripts
     pipe = state.pipe if backend == "redis" else None
     writes = pipe.writes if pipe else 0
-    gc.collect()
+    thresholds = gc.get_threshold()
+    tune_gc()  # as the gateway does once it listens: start-up objects frozen, young generation larger
     cpu, wall = time.process_time(), time.perf_counter()
     share, extra = divmod(requests, concurrency)
     await asyncio.gather(*(client(share + (i < extra)) for i in range(concurrency)))
@@ -89,6 +92,8 @@ async def one_round(backend: str, prefix: str, requests: int, concurrency: int) 
               "writes_per_req": ((pipe.writes - writes) / requests) if pipe else 0.0}
     await h.stop()
     await state.close()
+    gc.unfreeze()  # the next round starts from the same collector settings
+    gc.set_threshold(*thresholds)
     return result
 
 

@@ -61,6 +61,8 @@ class CostPlugin:
         self._policy_limits: dict[int, tuple[proxy.KeyPolicy, Limits]] = {}
         self._eager = False  # budget gauges set as they change (worker processes), not when scraped
         self._gauge_day = 0.0  # the day the gauges were last set in
+        self._fleet_figures: dict[str, tuple[float, float, float]] = {}  # latest per key, not yet in the gauges
+        self._gauges_due = False
         self._series: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
         self._row_prefix = os.urandom(6).hex()
         self._rows = 0
@@ -280,11 +282,13 @@ class CostPlugin:
         """Wait for the settlements still on their way to the shared store."""
         while self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
+        if self._gauges_due:  # their figures are in: the gauges show them now, not a turn later
+            self._set_fleet_gauges()
 
     def _settle_shared(self, key: str, pending: Awaitable[tuple[float, float, float] | None]) -> None:
         """Wait in the background for the settlement's reply (its call was queued with the request's
         other finishing calls); a future is followed by a callback, anything else by a task."""
-        settling = asyncio.ensure_future(pending)
+        settling = pending if isinstance(pending, asyncio.Future) else asyncio.ensure_future(pending)
         self._settling.add(settling)
         settling.add_done_callback(lambda done: self._settled(key, done))
 
@@ -296,9 +300,19 @@ class CostPlugin:
             log.error("budget store: settling a request of key %r failed (%s)", key, type(exc).__name__)
             return
         figures = done.result()
-        limits = self._limits_seen.get(key)
-        if figures is not None and limits is not None:  # the fleet's figures, from the same round trip
-            self._gauge(key, limits, *figures)
+        if figures is not None and key in self._limits_seen:  # the fleet's figures, from the same round trip:
+            self._fleet_figures[key] = figures                # the gauges are set once per reply, per key
+            if not self._gauges_due:
+                self._gauges_due = True
+                asyncio.get_running_loop().call_soon(self._set_fleet_gauges)
+
+    def _set_fleet_gauges(self) -> None:
+        self._gauges_due = False
+        figures, self._fleet_figures = self._fleet_figures, {}
+        for key, (day, month, reserved) in figures.items():
+            limits = self._limits_seen.get(key)
+            if limits is not None:
+                self._gauge(key, limits, day, month, reserved)
 
     # -- helpers ---------------------------------------------------------------------
     def _row(self, ctx: proxy.RequestContext, now: float, cost: float | None) -> Row:

@@ -24,6 +24,7 @@ touch renews them), so Redis memory stays bounded whatever the number of keys.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import os
 import time
@@ -119,42 +120,52 @@ return out
 
 class _Calls:
     """One script's calls, coalesced per turn of the event loop (:class:`proxy.Coalescer`): each
-    item's share of the reply is its slice (every item answers the same number of values)."""
+    item's share of the reply is its slice (every item answers the same number of values), turned
+    into the item's answer by its ``convert`` as the reply is handed out (no future or task in between)."""
 
     def __init__(self, script: Any, head: list[Any], pipe: proxy.Pipe | None) -> None:
         self._script = script
         self._head = head  # leading arguments of every call
         self._items: proxy.Coalescer[_Item] = proxy.Coalescer(self._call, _answer, _fail, pipe)
 
-    def call(self, keys: list[str], args: list[Any],
-             orphaned: Callable[[list[Any]], None] | None = None) -> asyncio.Future[list[Any]]:
-        """This item's share of the reply (a future). ``orphaned`` gets the share if the future
-        was cancelled before the reply came (its caller left: undo what the call did)."""
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._items.add((keys, args, future, orphaned))
+    def call(self, keys: list[str], args: list[Any], convert: Callable[[list[Any]], Any],
+             orphaned: Callable[[list[Any]], None] | None = None) -> asyncio.Future[Any]:
+        """``convert(this item's share of the reply)`` (a future). ``orphaned`` gets the share if the
+        future was cancelled before the reply came (its caller left: undo what the call did)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._items.add((keys, args, future, convert, orphaned))
         return future
 
     def _call(self, batch: list[_Item]) -> Awaitable[Any]:
-        return self._script(keys=[k for item in batch for k in item[0]],
-                            args=[*self._head, *(a for item in batch for a in item[1])])
+        keys: list[str] = []
+        args = list(self._head)
+        for item in batch:
+            keys += item[0]
+            args += item[1]
+        return self._script(keys=keys, args=args)
 
 
-_Item = tuple[list[str], list[Any], "asyncio.Future[list[Any]]", "Callable[[list[Any]], None] | None"]
+_Item = tuple[list[str], list[Any], "asyncio.Future[Any]", "Callable[[list[Any]], Any]",
+              "Callable[[list[Any]], None] | None"]
 
 
 def _answer(batch: list[_Item], reply: Any) -> None:
     width = len(reply) // len(batch)
-    for i, (_, _, future, orphaned) in enumerate(batch):
+    for i, (_, _, future, convert, orphaned) in enumerate(batch):
+        share = reply[i * width:(i + 1) * width]
         if not future.done():
-            future.set_result(reply[i * width:(i + 1) * width])
+            try:
+                future.set_result(convert(share))
+            except Exception as exc:
+                future.set_exception(exc)
         elif orphaned is not None:
-            orphaned(reply[i * width:(i + 1) * width])
+            orphaned(share)
 
 
 def _fail(batch: list[_Item], exc: Exception) -> None:
-    for _, _, future, _ in batch:
-        if not future.done():
-            future.set_exception(exc)
+    for item in batch:
+        if not item[2].done():
+            item[2].set_exception(exc)
 
 
 class RedisBudgetStore:
@@ -183,6 +194,8 @@ class RedisBudgetStore:
         #: worker's local share starts from while Redis is unreachable, and the budget gauges.
         self.seen: dict[str, tuple[float, float, float]] = {}
         self._keys: dict[str, tuple[int, tuple[list[str], int, int]]] = {}
+        worker = os.urandom(6).hex()  # lease ids unique across the fleet without coordination
+        self._lease_ids = (f"{worker}:{n:x}" for n in itertools.count(1))
 
     def keys(self, key: str, now: float) -> tuple[list[str], int, int]:
         """The five keys of ``key`` in the periods containing ``now``, and when the two spending keys expire
@@ -205,24 +218,18 @@ class RedisBudgetStore:
                  f"{base}:leases", f"{base}:amounts", f"{base}:reserved"]
         return names, int(day_end) + GRACE, int(month_end) + GRACE
 
-    def reserve(self, key: str, limits: Limits, amount: float, now: float) -> Awaitable[Verdict]:
-        """The verdict (an awaitable); the call is queued now, so it leaves with the calls the
-        other plugins queue for the same request."""
+    def reserve(self, key: str, limits: Limits, amount: float, now: float) -> asyncio.Future[Verdict]:
+        """The verdict (a future); the call is queued now, so it leaves with the calls the
+        other plugins queue for the same request. Cancelled before Redis answers (its client
+        left), what Redis granted goes back."""
         names, _, _ = self.keys(key, now)
-        lease = os.urandom(8).hex()
+        lease = next(self._lease_ids)
         nano = math.ceil(round(amount * _NANO, 3))  # up, but not for float noise (1.23e-4 -> 123000)
-        pending = self._reserve.call(names, [nano, _cap(limits.daily), _cap(limits.monthly), lease],
-                                     lambda result: self._give_back(result, key, lease, now))
-        return self._verdict(pending, key, limits, lease, nano, now)
+        return self._reserve.call(names, [nano, _cap(limits.daily), _cap(limits.monthly), lease],
+                                  lambda result: self._verdict(result, key, limits, lease, nano),
+                                  lambda result: self._give_back(result, key, lease, now))
 
-    async def _verdict(self, pending: asyncio.Future[list[Any]], key: str, limits: Limits, lease: str, nano: int,
-                       now: float) -> Verdict:
-        try:
-            result = await pending
-        except asyncio.CancelledError:  # its client left: what Redis granted goes back (if it came
-            if pending.done() and not pending.cancelled():  # meanwhile; later: the orphan callback)
-                self._give_back(pending.result(), key, lease, now)
-            raise
+    def _verdict(self, result: list[Any], key: str, limits: Limits, lease: str, nano: int) -> Verdict:
         granted, period = int(result[0]), _text(result[1])
         day, month, reserved = int(result[2]) / _NANO, int(result[3]) / _NANO, int(result[4]) / _NANO
         self.seen[key] = (day, month, reserved)
@@ -241,10 +248,9 @@ class RedisBudgetStore:
         if the reservation is still there.
         """
         names, day_expiry, month_expiry = self.keys(key, now)
-        pending = self._settle.call(names, [
+        return self._settle.call(names, [
             reservation.lease if reservation is not None else "", round(cost * _NANO), day_expiry, month_expiry,
-            "1" if once else "0"])
-        return proxy.mapped(pending, lambda result: self._figures(key, result))
+            "1" if once else "0"], lambda result: self._figures(key, result))
 
     def _figures(self, key: str, result: list[Any]) -> tuple[float, float, float]:
         figures = self.seen[key] = (int(result[0]) / _NANO, int(result[1]) / _NANO, int(result[2]) / _NANO)
@@ -253,7 +259,7 @@ class RedisBudgetStore:
     def _give_back(self, result: list[Any], key: str, lease: str, now: float) -> None:
         if int(result[0]):
             names, day_expiry, month_expiry = self.keys(key, now)
-            self._settle.call(names, [lease, 0, day_expiry, month_expiry, "0"]).add_done_callback(_ignore)
+            self._settle.call(names, [lease, 0, day_expiry, month_expiry, "0"], _nothing).add_done_callback(_ignore)
 
     async def spent(self, key: str, now: float) -> tuple[float, float, float]:
         names, _, _ = self.keys(key, now)
@@ -269,6 +275,10 @@ class RedisBudgetStore:
                 pipe.set(names[0], round(day * _NANO), nx=True, exat=day_expiry)
                 pipe.set(names[1], round(month * _NANO), nx=True, exat=month_expiry)
             await pipe.execute()
+
+
+def _nothing(_: list[Any]) -> None:
+    return None
 
 
 def _ignore(done: asyncio.Future[Any]) -> None:

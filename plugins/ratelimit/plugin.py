@@ -325,7 +325,8 @@ class RateLimitPlugin:
         if settled is None:
             self.queue.wake()
             return
-        future = asyncio.ensure_future(settled)  # nobody waits for it: the response is already sent
+        # Nobody waits for it: the response is already sent.
+        future = settled if isinstance(settled, asyncio.Future) else asyncio.ensure_future(settled)
         self._background.add(future)
         future.add_done_callback(self._settled)
 

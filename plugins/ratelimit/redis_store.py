@@ -111,7 +111,8 @@ class RedisBucketStore:
         self._gives: proxy.Coalescer[_Give] = proxy.Coalescer(self._call_gives, self._answer_gives,
                                                              self._gives_failed, pipe)
         self._live: dict[str, list[str]] = {}  # lease id -> the lease sets it holds a slot in
-        self._encoded: dict[str, tuple[float, float, str, str]] = {}  # bucket -> rate, burst, key, "rate burst "
+        # bucket -> rate, burst, Redis key, "rate burst ", "rate burst 1.0"
+        self._encoded: dict[str, tuple[float, float, str, str, str]] = {}
         self._renewer: asyncio.Task[None] | None = None
         self._failing = not log_failures  # True: never logs (see _failed)
         self._log_failures = log_failures
@@ -169,7 +170,8 @@ class RedisBucketStore:
 
     # -- calls -------------------------------------------------------------------------
     def _encode(self, claims: Sequence[Claim], amounts: Sequence[float]) -> tuple[list[str], str]:
-        """The claims' Redis keys, and their "rate burst amount" argument."""
+        """The claims' Redis keys, and their "rate burst amount" argument (a bucket's key and
+        parameters are encoded once; so is its claim of one unit, a request's or a slot's)."""
         encoded = self._encoded
         keys: list[str] = []
         parts: list[str] = []
@@ -178,10 +180,10 @@ class RedisBucketStore:
             if entry is None or entry[0] != claim.rate or entry[1] != claim.burst:
                 if len(encoded) >= _ENCODED_MAX:
                     encoded.clear()
-                entry = encoded[claim.key] = (claim.rate, claim.burst, self.prefix + claim.key,
-                                              f"{claim.rate!r} {claim.burst!r} ")
+                head = f"{claim.rate!r} {claim.burst!r} "
+                entry = encoded[claim.key] = (claim.rate, claim.burst, self.prefix + claim.key, head, head + "1.0")
             keys.append(entry[2])
-            parts.append(entry[3] + repr(float(amount)))
+            parts.append(entry[4] if amount == 1.0 else entry[3] + repr(float(amount)))
         return keys, " ".join(parts)
 
     def _ask(self, claims: Sequence[Claim], take: bool) -> asyncio.Future[Grant]:

@@ -137,6 +137,31 @@ async def test_two_gateways_sharing_redis_admit_within_the_budget(redis_prefix):
         await h.stop()
 
 
+async def test_budget_gauges_show_the_fleets_figures_from_the_latest_reply(redis_prefix):
+    # Settlements answered by one reply set the gauges once, with the last figures Redis gave.
+    client, prefix = redis_prefix
+    body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "Where is my parcel?"}], "max_tokens": 16}
+    top = (proxy.estimate_prompt_tokens(body) * 2.0 + 16 * 8.0) / 1e6
+    shop = proxy.Principal("shop", policy=proxy.KeyPolicy(budget={"daily_usd": 10 * top}))
+    clock = proxy.ManualClock(wall_start=NOW)
+    plugin = CostPlugin(clock=clock, store=RedisBudgetStore(client, prefix))
+    h = await PluginHarness(plugin, clock=clock, settings={"cost": {"ledger": {"enabled": False}}}).start()
+    contexts = [h.context(body, principal=shop) for _ in range(3)]
+    await asyncio.gather(*(h.admit(ctx) for ctx in contexts))
+    for ctx in contexts[:2]:
+        h.attempt(ctx, usage=proxy.Usage(proxy.estimate_prompt_tokens(body), 16))  # each costs its maximum
+    await asyncio.gather(*(h.finished(ctx) for ctx in contexts[:2]))
+    await plugin.settled()
+    assert h.metric("floodgate_cost_budget_remaining_usd", key="shop", period="day") == pytest.approx(8 * top)
+    assert h.metric("floodgate_cost_budget_reserved_usd", key="shop") == pytest.approx(top)  # the third, in flight
+    h.attempt(contexts[2], usage=proxy.Usage(proxy.estimate_prompt_tokens(body), 16))
+    await h.finished(contexts[2])
+    await plugin.settled()
+    assert h.metric("floodgate_cost_budget_remaining_usd", key="shop", period="day") == pytest.approx(7 * top)
+    assert h.metric("floodgate_cost_budget_reserved_usd", key="shop") == 0.0
+    await h.stop()
+
+
 async def test_an_unreachable_store_refuses_budgeted_requests_and_spares_the_others():
     import redis.asyncio as redis
     from redis.asyncio.retry import Retry
