@@ -29,11 +29,15 @@ class Processes:
         self.children: list[subprocess.Popen[bytes]] = []
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
                                                                              os.environ.get("PYTHONPATH")]))}
+        # Taken before the driver pins itself to the load generator's CPU: a child started without
+        # a CPU of its own gets all of these back (else it would inherit the driver's one CPU).
+        self.all_cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
 
     def preexec(self, cpu: int | None) -> Callable[[], None] | None:
-        if cpu is None or not self.pin:
+        if not self.pin:
             return None
-        return lambda: os.sched_setaffinity(0, {cpu})
+        cpus = {cpu} if cpu is not None else self.all_cpus
+        return lambda: os.sched_setaffinity(0, cpus)
 
     def start(self, name: str, argv: Sequence[str], cpu: int | None,
               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

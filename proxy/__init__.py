@@ -18,7 +18,7 @@ from .keys import CONFIG, HOOKS, REGISTRY, STATE, UPSTREAMS
 from .metrics import LabelCache
 from .policy import UNRESTRICTED, Budget, KeyPolicy, RateLimits
 from .settings import NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Settings
-from .state import STATE_ERRORS, Coalescer, Pipe, SharedState, mapped
+from .state import STATE_ERRORS, Coalescer, Pipe, SharedState
 from .tally import CollectedGauge
 from .text import content_text, conversation, last_user_text
 from .tokens import estimate_prompt_tokens, estimate_text_tokens, output_limit, request_token_bounds
@@ -50,7 +50,7 @@ __all__ = [
     "RequestContext", "Route", "STATE", "STATE_ERRORS", "STOP", "Settings", "SharedState", "Stop",
     "StreamChunk", "Target", "Timings", "UNRESTRICTED", "UPSTREAMS", "UpstreamResponse", "Usage",
     "add_config_option", "authenticate", "content_text", "conversation", "create_app", "estimate_prompt_tokens",
-    "estimate_text_tokens", "hookimpl", "hookspecs", "last_user_text", "load_config", "mapped", "output_limit",
+    "estimate_text_tokens", "hookimpl", "hookspecs", "last_user_text", "load_config", "output_limit",
     "parse_config",
     "request_token_bounds", "require_admin", "shorten",
 ]

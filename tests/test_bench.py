@@ -5,6 +5,8 @@ The benchmark itself (``python bench/run.py``) takes minutes; these take a few s
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from typing import Any
 
@@ -181,3 +183,20 @@ def test_guarded_phases_always_clean_up_and_say_how_they_ended() -> None:
     assert guarded(failing, lambda: cleaned.append(1), said.append) == 1
     assert cleaned == [0, 130, 1]
     assert said == ["interrupted: stopping every process started", "error: mock did not start"]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs CPU affinity and two CPUs")
+def test_a_child_without_a_cpu_of_its_own_gets_every_cpu_back_while_the_driver_is_pinned(tmp_path: Any) -> None:
+    # The driver pins itself to the load generator's CPU; "not pinned" must not mean "inherits that one CPU".
+    from bench.procs import Processes
+
+    every = os.sched_getaffinity(0)
+    procs = Processes(tmp_path, pin=True)
+    show = [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"]
+    os.sched_setaffinity(0, {min(every)})
+    try:
+        assert procs.run(show, None, 30).strip() == str(sorted(every))
+        assert procs.run(show, max(every), 30).strip() == str([max(every)])
+    finally:
+        os.sched_setaffinity(0, every)

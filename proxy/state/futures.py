@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["mapped", "relay"]
+__all__ = ["relay"]
 
 
 def relay(source: asyncio.Future[Any], target: asyncio.Future[Any],
@@ -29,9 +29,3 @@ def relay(source: asyncio.Future[Any], target: asyncio.Future[Any],
 
     source.add_done_callback(done)
 
-
-def mapped(source: asyncio.Future[Any], fn: Callable[[Any], Any]) -> asyncio.Future[Any]:
-    """A future of ``fn(source's result)`` (or of its error): one callback, no task."""
-    target: asyncio.Future[Any] = source.get_loop().create_future()
-    relay(source, target, fn)
-    return target

@@ -11,7 +11,6 @@ import pytest
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-import proxy
 from proxy import Coalescer, Pipe
 from proxy.state import relay
 
@@ -226,18 +225,21 @@ async def test_connect_raises_when_redis_cannot_be_reached():
         await pipe.close()
 
 
-async def test_mapped_and_relay_pass_on_a_result_an_error_or_a_cancellation():
+async def test_relay_passes_on_a_result_an_error_or_a_cancellation():
     loop = asyncio.get_running_loop()
-    source, failing, dropped = loop.create_future(), loop.create_future(), loop.create_future()
-    doubled = proxy.mapped(source, lambda n: n * 2)
-    broken = proxy.mapped(failing, lambda n: 1 / n)
-    target = loop.create_future()
-    relay(dropped, target)
-    source.set_result(21)
-    failing.set_result(0)
-    dropped.cancel()
-    assert await doubled == 42
+    sources = [loop.create_future() for _ in range(4)]
+    targets = [loop.create_future() for _ in range(4)]
+    relay(sources[0], targets[0], lambda n: n * 2)
+    relay(sources[1], targets[1], lambda n: 1 / n)
+    relay(sources[2], targets[2])
+    relay(sources[3], targets[3])
+    targets[3].cancel()  # its caller left: the outcome is dropped
+    sources[0].set_result(21)
+    sources[1].set_result(0)
+    sources[2].cancel()
+    sources[3].set_result(1)
+    assert await targets[0] == 42
     with pytest.raises(ZeroDivisionError):
-        await broken
+        await targets[1]
     await asyncio.sleep(0)
-    assert target.cancelled()
+    assert targets[2].cancelled() and targets[3].cancelled()
