@@ -123,10 +123,10 @@ class _Calls:
     item's share of the reply is its slice (every item answers the same number of values), turned
     into the item's answer by its ``convert`` as the reply is handed out (no future or task in between)."""
 
-    def __init__(self, script: Any, head: list[Any], pipe: proxy.Pipe | None) -> None:
+    def __init__(self, script: Any, head: list[Any], pipe: proxy.Pipe | None, within: float = 0.0) -> None:
         self._script = script
         self._head = head  # leading arguments of every call
-        self._items: proxy.Coalescer[_Item] = proxy.Coalescer(self._call, _answer, _fail, pipe)
+        self._items: proxy.Coalescer[_Item] = proxy.Coalescer(self._call, _answer, _fail, pipe, within=within)
 
     def call(self, keys: list[str], args: list[Any], convert: Callable[[list[Any]], Any],
              orphaned: Callable[[list[Any]], None] | None = None) -> asyncio.Future[Any]:
@@ -189,7 +189,8 @@ class RedisBudgetStore:
         self.lease_ttl_ms = int(lease_ttl * 1000)
         pipe = scripts if isinstance(scripts, proxy.Pipe) else None
         self._reserve = _Calls(scripts.register_script(_RESERVE), [self.lease_ttl_ms], pipe)
-        self._settle = _Calls(scripts.register_script(_SETTLE), [], pipe)
+        # Nobody waits for a settlement (the response is out): it may share a later write.
+        self._settle = _Calls(scripts.register_script(_SETTLE), [], pipe, proxy.Coalescer.BACKGROUND)
         #: Per key, the fleet's (day, month, reserved) in US dollars as the last reply said: what a
         #: worker's local share starts from while Redis is unreachable, and the budget gauges.
         self.seen: dict[str, tuple[float, float, float]] = {}

@@ -330,6 +330,11 @@ class RateLimitPlugin:
         self._background.add(future)
         future.add_done_callback(self._settled)
 
+    async def settled(self) -> None:
+        """Wait for the settlements still on their way to a shared store (they may wait to share a write)."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
     def _settled(self, future: asyncio.Future[None]) -> None:
         self._background.discard(future)
         self.queue.wake()

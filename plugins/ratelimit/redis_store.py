@@ -15,8 +15,9 @@ What :class:`~.store.MemoryBucketStore` does in one process, fleet-wide:
   ``renew_every`` seconds (one round trip per worker for all of them), so a long
   stream keeps its slot; a dead worker stops renewing and its slots come back by
   themselves within ``lease`` seconds.
-* **One round trip at finish**: settlements (unused tokens back, overruns
-  charged, leases released) are batched the same way.
+* **At most one round trip at finish**: settlements (unused tokens back, overruns
+  charged, leases released) are batched the same way, and wait up to
+  :attr:`proxy.Coalescer.BACKGROUND` for a write to share (the next admission's).
 
 A caller that stops waiting for an admission (its client left) takes nothing:
 what the store granted it goes back with the next settlements.
@@ -108,8 +109,8 @@ class RedisBucketStore:
         pipe = redis if isinstance(redis, proxy.Pipe) else None
         self._asks: proxy.Coalescer[_Ask] = proxy.Coalescer(self._call_asks, self._answer_asks,
                                                             self._asks_failed, pipe)
-        self._gives: proxy.Coalescer[_Give] = proxy.Coalescer(self._call_gives, self._answer_gives,
-                                                             self._gives_failed, pipe)
+        self._gives: proxy.Coalescer[_Give] = proxy.Coalescer(  # nobody waits: they may share a later write
+            self._call_gives, self._answer_gives, self._gives_failed, pipe, within=proxy.Coalescer.BACKGROUND)
         self._live: dict[str, list[str]] = {}  # lease id -> the lease sets it holds a slot in
         # bucket -> rate, burst, Redis key, "rate burst ", "rate burst 1.0"
         self._encoded: dict[str, tuple[float, float, str, str, str]] = {}

@@ -146,8 +146,10 @@ class FleetBreakers:
             self._read = pipe.register_script(READ)
         # Outcomes to record and breakers to read, gathered per write of the pipe (its calls' replies
         # come back in order: so do the message counts each call saw when it left).
+        # Nobody waits for an outcome: it may share a later write (the next request's admission).
         self._records: proxy.Coalescer[_Outcome] = proxy.Coalescer(
-            self._call_records, self._answer_records, lambda _, exc: self._failed(self._heard_records, exc), pipe)
+            self._call_records, self._answer_records, lambda _, exc: self._failed(self._heard_records, exc), pipe,
+            within=proxy.Coalescer.BACKGROUND)
         self._reads: proxy.Coalescer[FleetBreaker] = proxy.Coalescer(
             self._call_reads, self._answer_reads, lambda _, exc: self._failed(self._heard_reads, exc), pipe)
         self._heard_records: deque[list[int]] = deque()
@@ -289,7 +291,7 @@ class FleetBreakers:
             return
         tasks = [t for t in (self._listener, *self._background) if t is not None]
         self._listener = None
-        await self._records.close()  # what was gathered and not sent is dropped: nobody waits for it
+        await self._records.close()  # what was gathered goes now
         await self._reads.close()
         for breaker in self.breakers.values():
             if isinstance(breaker, FleetBreaker):

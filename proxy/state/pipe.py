@@ -78,6 +78,7 @@ class Pipe:
         self._queued: list[_Call] = []
         self._flush: asyncio.Handle | None = None
         self._flushers: list[Callable[[], None]] = []
+        self._deadline: asyncio.TimerHandle | None = None  # the latest write for flushers that may wait
         self._writing = False
         self._connecting: asyncio.Task[None] | None = None
         self._closed = False
@@ -124,12 +125,25 @@ class Pipe:
             self._flush = loop.call_soon(self._write)
         return future
 
-    def before_write(self, flush: Callable[[], None]) -> None:
+    def before_write(self, flush: Callable[[], None], within: float = 0.0) -> None:
         """Call ``flush`` just before the next write (it sends what it gathered: a
-        :class:`~.coalesce.Coalescer`'s items, as late as can be, so as many as can be)."""
+        :class:`~.coalesce.Coalescer`'s items, as late as can be, so as many as can be). The next
+        write is at the end of this turn, or (``within`` > 0) whenever another call makes one, and
+        ``within`` seconds from now at the latest."""
         self._flushers.append(flush)
-        if self._flush is None and not self._writing:
-            self._flush = asyncio.get_running_loop().call_soon(self._write)
+        if self._flush is not None or self._writing:
+            return
+        loop = asyncio.get_running_loop()
+        if within <= 0:
+            self._flush = loop.call_soon(self._write)
+        elif self._deadline is None or self._deadline.when() > loop.time() + within:  # the earliest wins
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = loop.call_later(within, self._overdue)
+
+    def _overdue(self) -> None:
+        self._deadline = None
+        self._kick()
 
     def _kick(self) -> None:
         if self._flush is None and not self._writing and (self._queued or self._flushers):
@@ -144,6 +158,9 @@ class Pipe:
             return  # called again when its replies are in (_Link.data_received)
         if self._flushers:
             flushers, self._flushers = self._flushers, []
+            if self._deadline is not None:  # they go now
+                self._deadline.cancel()
+                self._deadline = None
             self._writing = True
             try:
                 for flush in flushers:
@@ -223,9 +240,10 @@ class Pipe:
 
     async def close(self) -> None:
         self._closed = True
-        if self._flush is not None:
-            self._flush.cancel()
-            self._flush = None
+        for handle in (self._flush, self._deadline):
+            if handle is not None:
+                handle.cancel()
+        self._flush = self._deadline = None
         flushers, self._flushers = self._flushers, []
         for flush in flushers:  # what they gathered fails now (sent on a closed pipe), rather than never
             flush()

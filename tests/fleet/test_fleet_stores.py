@@ -146,12 +146,13 @@ async def test_budgets_are_shared_degrade_to_a_local_share_and_the_outage_spendi
     shop = proxy.Principal("shop", proxy.KeyPolicy(budget={"daily_usd": 1.0}))
     states = [await workers.state(url=redis_server.url, check_interval=0.2, timeouts={"connect": 0.2, "command": 0.2})
               for _ in range(2)]
-    harnesses = []
+    harnesses, plugins = [], {}
     for state in states:
         clock = proxy.ManualClock(wall_start=now)
-        h = PluginHarness(CostPlugin(clock=clock), clock=clock, state=state,
-                          settings={"cost": {"ledger": {"enabled": False}}})
+        plugin = CostPlugin(clock=clock)
+        h = PluginHarness(plugin, clock=clock, state=state, settings={"cost": {"ledger": {"enabled": False}}})
         harnesses.append(await h.start())
+        plugins[h] = plugin
     a, b = harnesses
     body = {**CHAT, "max_tokens": 30_000}  # at most 0.24 $ a request at gpt-4.1's prices
     fleet = redis.asyncio.Redis(port=redis_server.port)
@@ -161,6 +162,7 @@ async def test_budgets_are_shared_degrade_to_a_local_share_and_the_outage_spendi
         await h.admit(ctx)
         h.attempt(ctx, usage=proxy.Usage(0, completion))
         await h.finished(ctx)
+        await plugins[h].settled()  # the settlement is in Redis (or owed, in an outage)
 
     try:
         await spend(a, 25_000)  # 0.20 $

@@ -181,7 +181,8 @@ async def test_a_coalescer_sends_what_one_turn_added_as_one_call():
     await asyncio.sleep(0.01)
     assert calls == [[1, 2, 3], [4]] and answers == {1: 10, 2: 20, 3: 30, 4: 40} and not failed
     coalescer.add(5)
-    assert await coalescer.close() == [5]
+    assert await coalescer.close() == []  # what was gathered goes at once, and its reply is awaited
+    assert calls[-1] == [5] and answers[5] == 50
 
 
 async def test_a_coalescer_fails_every_item_of_a_call_that_failed():
@@ -195,6 +196,38 @@ async def test_a_coalescer_fails_every_item_of_a_call_that_failed():
     coalescer.add(2)
     await asyncio.sleep(0.01)
     assert failed == [([1, 2], "down")]
+
+
+async def test_calls_nobody_waits_for_share_the_next_write_or_go_within_their_time(pipe, prefix):
+    # Background items (settlements) wait for a write another call makes; with none, they go by themselves.
+    echo = pipe.script(ECHO)
+    await pipe.connect()
+    answers: dict[str, bytes] = {}
+
+    def coalescer(within: float) -> Coalescer[str]:
+        return Coalescer(lambda batch: echo([f"{prefix}:{batch[0]}"], [",".join(batch)]),
+                         lambda batch, reply: answers.update(dict.fromkeys(batch, reply[1])),
+                         lambda batch, exc: None, pipe, within=within)
+
+    waiting, quick = coalescer(30.0), coalescer(0.05)
+    writes = pipe.writes
+    waiting.add("a")
+    waiting.add("b")
+    await asyncio.sleep(0.02)
+    assert pipe.writes == writes and not answers  # nothing else wrote: they wait
+    assert await pipe.execute("PING") == b"PONG"  # a request's call: they go in its write
+    await asyncio.sleep(0)
+    assert pipe.writes == writes + 1 and answers == {"a": b"a,b", "b": b"a,b"}
+    quick.add("c")
+    await asyncio.sleep(0)
+    assert "c" not in answers
+    for _ in range(100):  # no other write: it goes within its time (0.05 s)
+        await asyncio.sleep(0.01)
+        if "c" in answers:
+            break
+    assert answers["c"] == b"c" and pipe.writes == writes + 2
+    waiting.add("d")
+    assert await waiting.close() == [] and answers["d"] == b"d"  # closing sends it at once
 
 
 async def test_connecting_loads_the_scripts_so_their_first_call_is_one_write(prefix):

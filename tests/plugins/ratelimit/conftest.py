@@ -69,6 +69,7 @@ class Limiter:
         if reached:
             self.h.attempt(ctx, usage=usage, duration=duration)
         await self.h.finished(ctx)
+        await self.plugin.settled()  # a shared store's settlement is in
         await self.h.settle()
 
     async def advance(self, seconds: float) -> None:
