@@ -18,6 +18,7 @@ from .budgets import BudgetStore, Limits, MemoryBudgetStore, Reservation, Verdic
 from .endpoint import usage_endpoint
 from .factory import build_ledger
 from .fleet import FleetBudgets, LedgerPool, fleet_budgets, ledger_pool, memory_budgets
+from .gauges import BudgetGauges
 from .ledger import Ledger
 from .pricing import Prices
 from .rows import Row
@@ -56,13 +57,8 @@ class CostPlugin:
         self._settling: set[asyncio.Future[tuple[float, float, float] | None]] = set()
         self.prices: Prices | None = None
         self._default = Limits(None, None)
-        self._limits_seen: dict[str, Limits] = {}  # keys with a budget, for the gauges
-        self._stale: set[str] = set()  # keys whose budget gauges changed since the last scrape
+        self._gauges = BudgetGauges(self.clock)
         self._policy_limits: dict[int, tuple[proxy.KeyPolicy, Limits]] = {}
-        self._eager = False  # budget gauges set as they change (worker processes), not when scraped
-        self._gauge_day = 0.0  # the day the gauges were last set in
-        self._fleet_figures: dict[str, tuple[float, float, float]] = {}  # latest per key, not yet in the gauges
-        self._gauges_due = False
         self._series: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
         self._row_prefix = os.urandom(6).hex()
         self._rows = 0
@@ -91,19 +87,7 @@ class CostPlugin:
         self._unpriced = proxy.LabelCache(Counter(
             "floodgate_cost_unpriced", "Requests that used an upstream at a cost the gateway cannot know "
             "(passthrough, models without a price)", ["key", "kind"], registry=registry))
-        # Workers report the same (fleet-wide) figures: the most recent report is the value. With
-        # budgets in this process, the gauges are computed when scraped, not set by every request.
-        remaining = proxy.CollectedGauge(
-            "floodgate_cost_budget_remaining_usd", "US dollars left in a key's budget for the current period",
-            ["key", "period"], registry=registry, multiprocess_mode="livemostrecent")
-        reserved = proxy.CollectedGauge(
-            "floodgate_cost_budget_reserved_usd", "US dollars reserved by a key's requests in flight",
-            ["key"], registry=registry, multiprocess_mode="livemostrecent")
-        # Set after registering: a reload's adoption copies the previous generation's attributes.
-        self._eager = self.shared is None and not remaining.collected_here()  # worker processes: set as they change
-        remaining.before_collect = reserved.before_collect = self._refresh_gauges if self.shared is None else None
-        self._remaining = proxy.LabelCache(remaining)
-        self._reserved = proxy.LabelCache(reserved)
+        self._gauges.configure(registry, self.budgets, shared=self.shared is not None)
         self._policy_limits.clear()
         self._rejected = proxy.LabelCache(Counter(
             "floodgate_cost_budget_rejections", "Requests refused because a budget was used up",
@@ -219,14 +203,12 @@ class CostPlugin:
 
     def _decided(self, ctx: proxy.RequestContext, key: str, limits: Limits, amount: float | None,
                  verdict: Verdict) -> None:
-        self._limits_seen[key] = limits
+        self._gauges.limits[key] = limits
         if verdict.reservation is not None:
             ctx.state[_STATE] = verdict.reservation
             self._begin(ctx, amount)
             if self.shared is None:
-                self._stale.add(key)
-                if self._eager:
-                    self._refresh_gauges()
+                self._gauges.changed(key)
             return
         assert verdict.period is not None
         self._rejected(key, verdict.period).inc()
@@ -275,15 +257,17 @@ class CostPlugin:
                 self._settle_shared(key, self.shared.settle(key, reservation, usd, now))
             return None
         self.budgets.settle_now(key, reservation, usd, now)
-        self._update_gauges(key, ctx.principal.policy, now)
+        limits = self._limits(ctx.principal.policy)
+        if limits:
+            self._gauges.limits[key] = limits
+            self._gauges.changed(key)
         return None
 
     async def settled(self) -> None:
         """Wait for the settlements still on their way to the shared store."""
         while self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
-        if self._gauges_due:  # their figures are in: the gauges show them now, not a turn later
-            self._set_fleet_gauges()
+        self._gauges.flush()  # their figures are in: the gauges show them now, not a turn later
 
     def _settle_shared(self, key: str, pending: Awaitable[tuple[float, float, float] | None]) -> None:
         """Wait in the background for the settlement's reply (its call was queued with the request's
@@ -300,19 +284,8 @@ class CostPlugin:
             log.error("budget store: settling a request of key %r failed (%s)", key, type(exc).__name__)
             return
         figures = done.result()
-        if figures is not None and key in self._limits_seen:  # the fleet's figures, from the same round trip:
-            self._fleet_figures[key] = figures                # the gauges are set once per reply, per key
-            if not self._gauges_due:
-                self._gauges_due = True
-                asyncio.get_running_loop().call_soon(self._set_fleet_gauges)
-
-    def _set_fleet_gauges(self) -> None:
-        self._gauges_due = False
-        figures, self._fleet_figures = self._fleet_figures, {}
-        for key, (day, month, reserved) in figures.items():
-            limits = self._limits_seen.get(key)
-            if limits is not None:
-                self._gauge(key, limits, day, month, reserved)
+        if figures is not None:  # the fleet's figures, from the same round trip
+            self._gauges.fleet(key, figures)
 
     # -- helpers ---------------------------------------------------------------------
     def _row(self, ctx: proxy.RequestContext, now: float, cost: float | None) -> Row:
@@ -373,37 +346,6 @@ class CostPlugin:
                 tokens.labels(model, key, "prompt"), tokens.labels(model, key, "completion"),
                 tokens.labels(model, key, "cached"), self._usd.labels(model, key))
         return children
-
-    def _update_gauges(self, key: str, policy: proxy.KeyPolicy, now: float) -> None:
-        limits = self._limits(policy)
-        if limits:
-            self._limits_seen[key] = limits
-            self._stale.add(key)
-            if self._eager:
-                self._refresh_gauges()
-
-    def _refresh_gauges(self) -> None:
-        """The budget gauges of the keys that changed (of every key in a new period), at scrape time."""
-        now = self.clock.wall()
-        stale, self._stale = self._stale, set()
-        if self.budgets.day_start != self._gauge_day:  # a new period: every key's remaining budget changed
-            self._gauge_day = self.budgets.day_start
-            stale = set(self._limits_seen)
-        for key in stale:
-            if key in self._limits_seen:
-                self._set_remaining(key, now)
-            else:  # reserved without a budget of its own (the ledger alone)
-                self._reserved(key).set(self.budgets.spent_now(key, now)[2])
-
-    def _set_remaining(self, key: str, now: float) -> None:
-        self._gauge(key, self._limits_seen[key], *self.budgets.spent_now(key, now))
-
-    def _gauge(self, key: str, limits: Limits, day: float, month: float, reserved: float) -> None:
-        if limits.daily is not None:
-            self._remaining(key, "day").set(max(0.0, limits.daily - day))
-        if limits.monthly is not None:
-            self._remaining(key, "month").set(max(0.0, limits.monthly - month))
-        self._reserved(key).set(reserved)
 
 
 def _unavailable(exc: Exception) -> proxy.Rejection:
