@@ -241,6 +241,10 @@ def render(results: dict[str, Any]) -> str:
                          f"TTFT p50 {fmt(d['ttft_ms']['p50'])} ms  p99 {fmt(d['ttft_ms']['p99'])} ms  "
                          f"CPU {fmt(d['cpu_us_per_req'], 0)} µs/req  Redis {fmt(d['redis_cpu_us_per_req'], 0)} µs/req"
                          + over)
+        if "1w memory" in fest and "1w redis" in fest:  # open loop: each request pays more of its own round trip
+            added = fest["1w redis"]["cpu_us_per_req"] - fest["1w memory"]["cpu_us_per_req"]
+            lines.append(f"  Redis state's added gateway CPU per stream at {fest['rate']:g}/s (1w redis − 1w memory): "
+                         f"{added:+.0f} µs")
     return "\n".join(lines)
 
 

@@ -28,6 +28,11 @@ def test_the_report_compares_each_variant_with_the_forwarder_and_memory_with_red
     assert "Redis state's added gateway CPU per request (1w redis − 1w memory): +100 µs" in text
     assert "1w redis     p50 2.500 ms  p99 5.000 ms  added p50 +1.500 ms" in text
     assert "TTFT p99 over the forwarder +5.0 ms, proxy overhead p99 1.00 ms" in text
+    assert "per stream" not in text  # the festival ran without both one-process variants
+    text = fleet.render({"festival": {"rate": 500, "duration_s": 60, "forwarder": _stream(210.0),
+                                      "1w memory": {**_stream(211.0), "cpu_us_per_req": 1100.0},
+                                      "1w redis": {**_stream(214.0), "cpu_us_per_req": 1250.0}}})
+    assert "Redis state's added gateway CPU per stream at 500/s (1w redis − 1w memory): +150 µs" in text
 
 
 def test_options_default_to_a_full_run_and_quick_shortens_it():
