@@ -132,21 +132,33 @@ def redis_state(url: str, prefix: str, **extra: Any) -> str:
 
 
 @pytest.fixture(name="gateways")
-async def gateways_fixture(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+async def gateways_fixture(tmp_path: Path) -> AsyncIterator[Gateways]:
     """``await gateways(config_text, *serve_args)``: a started gateway process (ready)."""
-    started: list[Gateway] = []
+    gateways = Gateways(tmp_path)
+    yield gateways
+    await gateways.stop_all()
 
-    async def start(config_text: str, *args: str) -> Gateway:
-        port = free_port()
-        n = len(started)
-        config = tmp_path / f"config-{n}.yaml"
+
+class Gateways:
+    """Starts gateway processes; :meth:`stop_all` stops every one still running."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[Gateway] = []
+        self.count = 0
+
+    async def __call__(self, config_text: str, *args: str) -> Gateway:
+        port, n = free_port(), self.count
+        self.count += 1
+        config = self.tmp_path / f"config-{n}.yaml"
         config.write_text(config_text, encoding="utf-8")
-        gw = await Gateway.start(config, *args, port=port, log=tmp_path / f"gateway-{n}.log", cwd=tmp_path,
+        gw = await Gateway.start(config, *args, port=port, log=self.tmp_path / f"gateway-{n}.log", cwd=self.tmp_path,
                                  env={"FLOODGATE_PORT": str(port)})
-        started.append(gw)
+        self.started.append(gw)
         await gw.wait_ready()
         return gw
 
-    yield start
-    for gw in started:
-        await gw.stop()
+    async def stop_all(self) -> None:
+        """Stop them (a shutdown sends what is still due to Redis: their keys are cleaned after this)."""
+        while self.started:
+            await self.started.pop().stop()

@@ -43,9 +43,10 @@ async def mock() -> AsyncIterator[MockUpstream]:
 
 
 @pytest.fixture
-async def prefix() -> AsyncIterator[str]:
+async def prefix(gateways) -> AsyncIterator[str]:
     name = f"fg-e2e-{uuid.uuid4().hex[:10]}"
     yield name
+    await gateways.stop_all()  # first: a gateway's shutdown still writes under the prefix
     client = redis.asyncio.Redis.from_url(REDIS_URL)
     keys = [k async for k in client.scan_iter(match=f"{name}*")]  # and the prefixes made from it ("-one")
     if keys:

@@ -10,9 +10,8 @@ import asyncio
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis.asyncio
@@ -48,10 +47,12 @@ def gateway_config(*, prefix: str | None = None, answer: str = HOURS, pid_file: 
 
 
 @pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    """A key prefix of its own on the machine's Redis; its keys are deleted afterwards."""
+async def redis_prefix(gateway: Gateways) -> AsyncIterator[str]:
+    """A key prefix of its own on the machine's Redis; its keys are deleted afterwards (once the
+    test's gateways have stopped: a shutdown still writes what is due)."""
     prefix = f"fg-e2e-{uuid.uuid4().hex[:10]}"
     yield prefix
+    await gateway.stop_all()
     client = redis.asyncio.Redis()
     keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
     if keys:
@@ -60,26 +61,38 @@ async def redis_prefix() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+async def gateway(tmp_path: Path) -> AsyncIterator[Gateways]:
     """``await gateway(config_text, *serve_args)``: a started gateway process."""
-    started: list[GatewayProcess] = []
+    gateways = Gateways(tmp_path)
+    yield gateways
+    await gateways.stop_all()
 
-    async def start(config_text: str, *args: str, ready: bool = True) -> GatewayProcess:
+
+class Gateways:
+    """Starts gateway processes; :meth:`stop_all` stops every one still running."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[GatewayProcess] = []
+        self.count = 0
+
+    async def __call__(self, config_text: str, *args: str, ready: bool = True) -> GatewayProcess:
         port = free_port()
-        config = tmp_path / "config.yaml"
+        config = self.tmp_path / "config.yaml"
         config.write_text(config_text, encoding="utf-8")
-        log = tmp_path / f"gateway-{len(started)}.log"
-        env = {**os.environ, "FLOODGATE_PORT": str(port), "FLOODGATE_LEDGER": str(tmp_path / "usage.db")}
+        log = self.tmp_path / f"gateway-{self.count}.log"
+        self.count += 1
+        env = {**os.environ, "FLOODGATE_PORT": str(port), "FLOODGATE_LEDGER": str(self.tmp_path / "usage.db")}
         with log.open("wb") as out:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "proxy", "serve", "--config", str(config), *args, cwd=str(tmp_path), env=env,
-                stdout=out, stderr=asyncio.subprocess.STDOUT)
+                sys.executable, "-m", "proxy", "serve", "--config", str(config), *args, cwd=str(self.tmp_path),
+                env=env, stdout=out, stderr=asyncio.subprocess.STDOUT)
         gw = GatewayProcess(process, port, log, config)
-        started.append(gw)
+        self.started.append(gw)
         if ready:
             await gw.wait_ready()
         return gw
 
-    yield start
-    for gw in started:
-        await gw.stop()
+    async def stop_all(self) -> None:
+        while self.started:
+            await self.started.pop().stop()
