@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-__all__ = ["GatewayProcess", "RedisServer", "free_port"]
+__all__ = ["GatewayProcess", "GatewayProcesses", "RedisServer", "free_port"]
 
 
 def free_port() -> int:
@@ -156,3 +156,37 @@ class GatewayProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         return self.process.returncode or 0
+
+
+class GatewayProcesses:
+    """Starts ``floodgate serve`` processes for a test (``await gateways(config_text, *args)``);
+    :meth:`stop_all` stops every one still running (a test's fixtures call it before cleaning
+    the Redis keys the gateways write under: a shutdown still sends what is due).
+
+    :param directory: where configs (``config-N.yaml``, or ``config.yaml`` with ``one_config``) and
+        logs (``gateway-N.log``) go; the processes' working directory.
+    :param env: added to every process's environment (``FLOODGATE_PORT`` is its port).
+    """
+
+    def __init__(self, directory: Path, env: Mapping[str, str] | None = None, *, one_config: bool = False) -> None:
+        self.directory = directory
+        self.env = dict(env or {})
+        self.one_config = one_config
+        self.started: list[GatewayProcess] = []
+        self.count = 0
+
+    async def __call__(self, config_text: str, *args: str, ready: bool = True) -> GatewayProcess:
+        port, n = free_port(), self.count
+        self.count += 1
+        config = self.directory / ("config.yaml" if self.one_config else f"config-{n}.yaml")
+        config.write_text(config_text, encoding="utf-8")
+        gw = await GatewayProcess.start(config, *args, port=port, log=self.directory / f"gateway-{n}.log",
+                                        cwd=self.directory, env={**self.env, "FLOODGATE_PORT": str(port)})
+        self.started.append(gw)
+        if ready:
+            await gw.wait_ready()
+        return gw
+
+    async def stop_all(self) -> None:
+        while self.started:
+            await self.started.pop().stop()

@@ -16,8 +16,7 @@ from prometheus_client import CollectorRegistry
 
 import proxy
 from proxy.config.schema import StateSettings
-from proxy.testing.processes import GatewayProcess as Gateway
-from proxy.testing.processes import RedisServer, free_port
+from proxy.testing.processes import GatewayProcesses, RedisServer
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -132,33 +131,8 @@ def redis_state(url: str, prefix: str, **extra: Any) -> str:
 
 
 @pytest.fixture(name="gateways")
-async def gateways_fixture(tmp_path: Path) -> AsyncIterator[Gateways]:
+async def gateways_fixture(tmp_path: Path) -> AsyncIterator[GatewayProcesses]:
     """``await gateways(config_text, *serve_args)``: a started gateway process (ready)."""
-    gateways = Gateways(tmp_path)
+    gateways = GatewayProcesses(tmp_path)
     yield gateways
     await gateways.stop_all()
-
-
-class Gateways:
-    """Starts gateway processes; :meth:`stop_all` stops every one still running."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp_path = tmp_path
-        self.started: list[Gateway] = []
-        self.count = 0
-
-    async def __call__(self, config_text: str, *args: str) -> Gateway:
-        port, n = free_port(), self.count
-        self.count += 1
-        config = self.tmp_path / f"config-{n}.yaml"
-        config.write_text(config_text, encoding="utf-8")
-        gw = await Gateway.start(config, *args, port=port, log=self.tmp_path / f"gateway-{n}.log", cwd=self.tmp_path,
-                                 env={"FLOODGATE_PORT": str(port)})
-        self.started.append(gw)
-        await gw.wait_ready()
-        return gw
-
-    async def stop_all(self) -> None:
-        """Stop them (a shutdown sends what is still due to Redis: their keys are cleaned after this)."""
-        while self.started:
-            await self.started.pop().stop()

@@ -20,10 +20,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 import redis.asyncio
-from fleet_kit import REDIS_URL, Gateway, eventually, fleet_config, gateways_fixture, redis_server_fixture, redis_state  # noqa: F401 (fixtures)
+from fleet_kit import REDIS_URL, eventually, fleet_config, gateways_fixture, redis_server_fixture, redis_state  # noqa: F401 (fixtures)
 
 import proxy
 from proxy.mock import MockSettings, MockUpstream
+from proxy.testing.processes import GatewayProcess as Gateway
 
 pytestmark = pytest.mark.e2e
 

@@ -6,9 +6,6 @@ and log file, and is stopped by pid when the test ends (workers included).
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from proxy.testing.processes import GatewayProcess, free_port
+from proxy.testing.processes import GatewayProcesses
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = (ROOT / "config.yaml").read_text(encoding="utf-8")
@@ -47,7 +44,7 @@ def gateway_config(*, prefix: str | None = None, answer: str = HOURS, pid_file: 
 
 
 @pytest.fixture
-async def redis_prefix(gateway: Gateways) -> AsyncIterator[str]:
+async def redis_prefix(gateway: GatewayProcesses) -> AsyncIterator[str]:
     """A key prefix of its own on the machine's Redis; its keys are deleted afterwards (once the
     test's gateways have stopped: a shutdown still writes what is due)."""
     prefix = f"fg-e2e-{uuid.uuid4().hex[:10]}"
@@ -61,38 +58,8 @@ async def redis_prefix(gateway: Gateways) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[Gateways]:
+async def gateway(tmp_path: Path) -> AsyncIterator[GatewayProcesses]:
     """``await gateway(config_text, *serve_args)``: a started gateway process."""
-    gateways = Gateways(tmp_path)
+    gateways = GatewayProcesses(tmp_path, {"FLOODGATE_LEDGER": str(tmp_path / "usage.db")}, one_config=True)
     yield gateways
     await gateways.stop_all()
-
-
-class Gateways:
-    """Starts gateway processes; :meth:`stop_all` stops every one still running."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp_path = tmp_path
-        self.started: list[GatewayProcess] = []
-        self.count = 0
-
-    async def __call__(self, config_text: str, *args: str, ready: bool = True) -> GatewayProcess:
-        port = free_port()
-        config = self.tmp_path / "config.yaml"
-        config.write_text(config_text, encoding="utf-8")
-        log = self.tmp_path / f"gateway-{self.count}.log"
-        self.count += 1
-        env = {**os.environ, "FLOODGATE_PORT": str(port), "FLOODGATE_LEDGER": str(self.tmp_path / "usage.db")}
-        with log.open("wb") as out:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "proxy", "serve", "--config", str(config), *args, cwd=str(self.tmp_path),
-                env=env, stdout=out, stderr=asyncio.subprocess.STDOUT)
-        gw = GatewayProcess(process, port, log, config)
-        self.started.append(gw)
-        if ready:
-            await gw.wait_ready()
-        return gw
-
-    async def stop_all(self) -> None:
-        while self.started:
-            await self.started.pop().stop()
