@@ -100,6 +100,9 @@ class FleetStore:
         except self.state.errors as exc:
             self.state.failed(exc)
 
+    def hurry(self) -> None:
+        self.redis.hurry()
+
     def close(self) -> None:
         return None  # the Redis store is closed by KeptStores, when no generation uses it
 

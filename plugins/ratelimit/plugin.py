@@ -325,6 +325,8 @@ class RateLimitPlugin:
         if settled is None:
             self.queue.wake()
             return
+        if len(self.queue):  # waiters here need what it gives back: it goes now, not with a later write
+            store.hurry()
         # Nobody waits for it: the response is already sent.
         future = settled if isinstance(settled, asyncio.Future) else asyncio.ensure_future(settled)
         self._background.add(future)

@@ -145,6 +145,9 @@ class RedisBucketStore:
         self._gives.add(_Give(keys, claims, lease, future))
         return future
 
+    def hurry(self) -> None:
+        self._gives.hurry()
+
     async def lower(self, caps: Sequence[Return], now: float) -> None:
         """Lower buckets to what an upstream says is left (one round trip; rare: only on a 429 or
         when little is left, see :mod:`.deployments`)."""

@@ -107,6 +107,11 @@ class BucketStore(Protocol):
         (``rate == 0``) are left alone."""
         ...
 
+    def hurry(self) -> None:
+        """Send the settlements gathered so far without waiting to share a later write (a waiter
+        of this process needs what they give back); nothing to do for a store in this process."""
+        ...
+
     def close(self) -> Awaitable[None] | None:
         """Stop background work (a shared store's lease renewals)."""
         ...
@@ -187,6 +192,9 @@ class MemoryBucketStore:
             if claim.rate > 0:
                 bucket = self._bucket(claim, now)
                 bucket[0] = min(bucket[0], level)
+
+    def hurry(self) -> None:
+        return None  # settled at once
 
     def close(self) -> None:
         return None

@@ -69,6 +69,17 @@ class Coalescer(Generic[T]):
         else:
             self._flush = asyncio.get_running_loop().call_soon(self._send)
 
+    def hurry(self) -> None:
+        """Send what was gathered at the end of this turn, not when a later write or ``within`` comes."""
+        if not self._pending:
+            return
+        if self._pipe is not None:
+            self._pipe.before_write(self._send)  # if it was waiting as well, the second call finds nothing
+        else:
+            if self._flush is not None:
+                self._flush.cancel()
+            self._flush = asyncio.get_running_loop().call_soon(self._send)
+
     def _send(self) -> None:
         if self._flush is not None:
             self._flush.cancel()  # sent early (closing): not again

@@ -277,6 +277,9 @@ class LaterStore:
         await self._answer()
         self.memory.settle(returns, lease, now)
 
+    def hurry(self) -> None:
+        return None
+
     def close(self) -> None:
         return None
 

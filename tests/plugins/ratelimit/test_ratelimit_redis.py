@@ -241,6 +241,22 @@ async def test_the_queue_is_local_decides_on_shared_buckets_and_keeps_priority(l
     assert high.exception() is None
 
 
+async def test_a_settlement_a_waiter_here_needs_is_sent_at_once(limiter: Any, fleet: Fleet, monkeypatch) -> None:
+    # Give-backs nobody waits for may wait to share a later write; one this worker's queue waits for may not.
+    monkeypatch.setattr(proxy.Coalescer, "BACKGROUND", 60.0)
+    lim = await limiter({"mode": "queue", "queue": {"max_wait_ms": 30_000}, "global": {"max_concurrent": 1}},
+                        store=fleet.store())
+    first = lim.request()
+    await lim.admit(first)
+    waiter = lim.wait(lim.request())
+    await eventually(lambda: len(lim.plugin.queue) == 1, "queued")
+    lim.h.attempt(first)
+    await lim.h.finished(first)
+    await eventually(waiter.done, "the waiter admitted")  # not 60 s later
+    assert waiter.exception() is None
+    await lim.plugin.settled()
+
+
 async def test_a_client_leaving_during_the_round_trip_takes_nothing(limiter: Any, fleet: Fleet) -> None:
     store = fleet.store()
     lim = await limiter({"mode": "reject", "global": {"requests_per_second": SLOW, "burst": 2, "max_concurrent": 3}},
