@@ -28,9 +28,11 @@ import proxy
 
 from .report import periods
 
-__all__ = ["DAY", "MONTH", "BudgetStore", "Limits", "MemoryBudgetStore", "Reservation", "Verdict", "refusal"]
+__all__ = ["DAY", "MONTH", "BudgetStore", "Figures", "Limits", "MemoryBudgetStore", "Reservation", "Verdict", "refusal"]
 
 DAY, MONTH = "day", "month"
+#: A key's (spent today, spent this month, reserved), US dollars.
+Figures = tuple[float, float, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +76,12 @@ class BudgetStore(Protocol):
     async def reserve(self, key: str, limits: Limits, amount: float, now: float) -> Verdict: ...
 
     async def settle(self, key: str, reservation: Reservation | None, cost: float,
-                     now: float) -> tuple[float, float, float] | None:
+                     now: float) -> Figures | None:
         """Release ``reservation`` and charge ``cost``; the key's (day, month, reserved) after it if
         the store tells them with no extra cost, else ``None``."""
         ...
 
-    async def spent(self, key: str, now: float) -> tuple[float, float, float]:
+    async def spent(self, key: str, now: float) -> Figures:
         """(spent this day, spent this month, reserved now) of ``key``."""
         ...
 
@@ -151,7 +153,7 @@ class MemoryBudgetStore:
             self._day[key] = self._day.get(key, 0.0) + cost
             self._month[key] = self._month.get(key, 0.0) + cost
 
-    def spent_now(self, key: str, now: float) -> tuple[float, float, float]:
+    def spent_now(self, key: str, now: float) -> Figures:
         self.roll(now)
         return self._day.get(key, 0.0), self._month.get(key, 0.0), self._reserved.get(key, 0.0)
 
@@ -162,7 +164,7 @@ class MemoryBudgetStore:
     async def settle(self, key: str, reservation: Reservation | None, cost: float, now: float) -> None:
         self.settle_now(key, reservation, cost, now)
 
-    async def spent(self, key: str, now: float) -> tuple[float, float, float]:
+    async def spent(self, key: str, now: float) -> Figures:
         return self.spent_now(key, now)
 
     async def load(self, spent: dict[str, tuple[float, float]], now: float) -> None:

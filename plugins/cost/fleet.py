@@ -27,7 +27,7 @@ from typing import TypeVar
 
 import proxy
 
-from .budgets import DAY, Limits, MemoryBudgetStore, Reservation, Verdict
+from .budgets import DAY, Figures, Limits, MemoryBudgetStore, Reservation, Verdict
 from .ledger import Ledger
 from .redis_budgets import RedisBudgetStore
 from .report import periods
@@ -39,7 +39,6 @@ log = logging.getLogger("floodgate.cost")
 #: Reservations Redis could not release kept for the replay, at most (the rest lapse with their lease).
 MAX_UNRELEASED = 100_000
 T = TypeVar("T")
-Figures = tuple[float, float, float]  # (spent today, spent this month, reserved), US dollars
 
 
 def _known(value: T) -> asyncio.Future[T]:

@@ -14,11 +14,9 @@ from prometheus_client import CollectorRegistry
 
 import proxy
 
-from .budgets import Limits, MemoryBudgetStore
+from .budgets import Figures, Limits, MemoryBudgetStore
 
 __all__ = ["BudgetGauges"]
-
-Figures = tuple[float, float, float]  # (spent today, spent this month, reserved), US dollars
 
 
 class BudgetGauges:

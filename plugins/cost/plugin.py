@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 import proxy
 
-from .budgets import BudgetStore, Limits, MemoryBudgetStore, Reservation, Verdict, refusal
+from .budgets import BudgetStore, Figures, Limits, MemoryBudgetStore, Reservation, Verdict, refusal
 from .endpoint import usage_endpoint
 from .factory import build_ledger
 from .fleet import FleetBudgets, LedgerPool, fleet_budgets, ledger_pool, memory_budgets
@@ -54,7 +54,7 @@ class CostPlugin:
         self._chosen = store is None
         self._ledgers = LedgerPool()
         self._holds_ledger = False
-        self._settling: set[asyncio.Future[tuple[float, float, float] | None]] = set()
+        self._settling: set[asyncio.Future[Figures | None]] = set()
         self.prices: Prices | None = None
         self._default = Limits(None, None)
         self._gauges = BudgetGauges(self.clock)
@@ -269,14 +269,14 @@ class CostPlugin:
             await asyncio.gather(*self._settling, return_exceptions=True)
         self._gauges.flush()  # their figures are in: the gauges show them now, not a turn later
 
-    def _settle_shared(self, key: str, pending: Awaitable[tuple[float, float, float] | None]) -> None:
+    def _settle_shared(self, key: str, pending: Awaitable[Figures | None]) -> None:
         """Wait in the background for the settlement's reply (its call was queued with the request's
         other finishing calls); a future is followed by a callback, anything else by a task."""
         settling = pending if isinstance(pending, asyncio.Future) else asyncio.ensure_future(pending)
         self._settling.add(settling)
         settling.add_done_callback(lambda done: self._settled(key, done))
 
-    def _settled(self, key: str, done: asyncio.Future[tuple[float, float, float] | None]) -> None:
+    def _settled(self, key: str, done: asyncio.Future[Figures | None]) -> None:
         self._settling.discard(done)
         if done.cancelled():
             return

@@ -35,7 +35,7 @@ import redis.asyncio as redis
 
 import proxy
 
-from .budgets import DAY, MONTH, Limits, Reservation, Verdict
+from .budgets import DAY, MONTH, Figures, Limits, Reservation, Verdict
 from .report import periods
 
 __all__ = ["GRACE", "RedisBudgetStore"]
@@ -193,7 +193,7 @@ class RedisBudgetStore:
         self._settle = _Calls(scripts.register_script(_SETTLE), [], pipe, proxy.Coalescer.BACKGROUND)
         #: Per key, the fleet's (day, month, reserved) in US dollars as the last reply said: what a
         #: worker's local share starts from while Redis is unreachable, and the budget gauges.
-        self.seen: dict[str, tuple[float, float, float]] = {}
+        self.seen: dict[str, Figures] = {}
         self._keys: dict[str, tuple[int, tuple[list[str], int, int]]] = {}
         worker = os.urandom(6).hex()  # lease ids unique across the fleet without coordination
         self._lease_ids = (f"{worker}:{n:x}" for n in itertools.count(1))
@@ -241,7 +241,7 @@ class RedisBudgetStore:
         return Verdict(None, MONTH, limits.monthly or 0.0, month, reserved)
 
     def settle(self, key: str, reservation: Reservation | None, cost: float, now: float, *,
-               once: bool = False) -> asyncio.Future[tuple[float, float, float]]:
+               once: bool = False) -> asyncio.Future[Figures]:
         """Release ``reservation`` and charge ``cost``; the key's (day, month, reserved) after it
         (a future: the call is queued now, with the rest of this turn's).
 
@@ -253,7 +253,7 @@ class RedisBudgetStore:
             reservation.lease if reservation is not None else "", round(cost * _NANO), day_expiry, month_expiry,
             "1" if once else "0"], lambda result: self._figures(key, result))
 
-    def _figures(self, key: str, result: list[Any]) -> tuple[float, float, float]:
+    def _figures(self, key: str, result: list[Any]) -> Figures:
         figures = self.seen[key] = (int(result[0]) / _NANO, int(result[1]) / _NANO, int(result[2]) / _NANO)
         return figures
 
@@ -262,7 +262,7 @@ class RedisBudgetStore:
             names, day_expiry, month_expiry = self.keys(key, now)
             self._settle.call(names, [lease, 0, day_expiry, month_expiry, "0"], _nothing).add_done_callback(_ignore)
 
-    async def spent(self, key: str, now: float) -> tuple[float, float, float]:
+    async def spent(self, key: str, now: float) -> Figures:
         names, _, _ = self.keys(key, now)
         day, month, reserved = await self.redis.mget([names[0], names[1], names[4]])
         return int(day or 0) / _NANO, int(month or 0) / _NANO, max(0, int(reserved or 0)) / _NANO
